@@ -1,0 +1,60 @@
+"""`slimsam prune MODEL --target embedding|bottleneck --ratio R ... --out DIR`: one SlimSAM pruning step."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from slimsam.checkpoints import load_model, read_history, resolve, save_model
+from slimsam.cli.args import add_device, positive_int, ratio
+from slimsam.images import SkipCounter, iter_pixel_values, list_images
+from slimsam.importance import CRITERIA
+from slimsam.pruning import SCOPES, TARGETS, prune
+from slimsam.stats import count_parameters, encoder_macs
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("prune", help="prune the embedding dim (step 1) or the bottlenecks (step 2)")
+    parser.add_argument("model", help="alias, Hub id or local folder")
+    parser.add_argument("--target", choices=TARGETS, required=True)
+    parser.add_argument("--ratio", type=ratio, required=True, help="fraction of channels to remove, e.g. 0.5 or 0.77")
+    parser.add_argument("--scope", choices=SCOPES, default="local",
+                        help="local: same ratio in every block (default); global: rank bottlenecks across blocks")
+    parser.add_argument("--importance", choices=CRITERIA, default="disturbed-taylor")
+    parser.add_argument("--images", help="folder of images for the gradient pass (disturbed-taylor)")
+    parser.add_argument("--grad-size", type=positive_int, default=1000, help="images in the gradient pass")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="output folder (slimsam format)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_device(parser)
+    parser.set_defaults(run=run)
+
+
+def _summary(model) -> str:
+    params, macs = count_parameters(model), encoder_macs(model)
+    return f"{params['total'] / 1e6:.2f}M params ({params['encoder'] / 1e6:.2f}M encoder), " \
+           f"{macs['linear_conv'] / 1e9:.1f}G encoder MACs"
+
+
+def run(args) -> None:
+    from slimsam.cli import CliError
+    if Path(args.out).exists() and not args.overwrite:
+        raise CliError(f"output folder {args.out} already exists (pass --overwrite to replace it)")
+    paths = None
+    if args.importance == "disturbed-taylor":
+        if not args.images:
+            raise CliError("--importance disturbed-taylor needs --images DIR (or use magnitude / random)")
+        paths = list_images(args.images)[:args.grad_size]
+    model, processor = load_model(args.model, device=args.device)
+    before = _summary(model)
+    skipped = SkipCounter()
+    pixels = iter_pixel_values(paths, processor, skipped=skipped) if paths else None
+    start = time.perf_counter()
+    record = prune(model, args.target, args.ratio, args.scope, args.importance, pixels,
+                   num_images=len(paths) if paths else None, seed=args.seed)
+    record["source"] = resolve(args.model)
+    save_model(model.cpu(), processor, args.out, read_history(resolve(args.model)) + [record], overwrite=args.overwrite)
+    print(f"before: {before}")
+    print(f"after:  {_summary(model)}")
+    if paths:
+        print(f"gradient pass: {record['images']} images, {len(skipped)} unreadable skipped")
+    print(f"pruned in {time.perf_counter() - start:.1f}s; saved to {args.out}")

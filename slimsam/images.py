@@ -1,0 +1,81 @@
+"""Reading user images robustly: any PIL mode, EXIF rotation, unreadable files skipped and counted."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from transformers import SamProcessor
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+log = logging.getLogger(__name__)
+
+
+class ImageFolderError(ValueError):
+    """A folder of images that is missing or holds no image files."""
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly inside `folder`, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageFolderError(f"image folder {folder} does not exist")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise ImageFolderError(f"image folder {folder} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return paths
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Upright 8-bit RGB from any PIL image: EXIF orientation applied, alpha dropped, 16-bit rescaled."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    elif image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        span = max(array.max() - array.min(), 1e-12)
+        image = Image.fromarray(((array - array.min()) / span * 255).astype(np.uint8))
+    return image.convert("RGB")
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """Open an image file as upright RGB; raises OSError for unreadable or corrupt files."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(image)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise OSError(f"cannot read image {path}: {error}") from error
+
+
+class SkipCounter:
+    """Counts files skipped as unreadable, for the end-of-run summary."""
+
+    def __init__(self) -> None:
+        self.skipped: list[Path] = []
+
+    def __len__(self) -> int:
+        return len(self.skipped)
+
+
+def iter_pixel_values(paths: list[Path], processor: SamProcessor, limit: int | None = None,
+                      skipped: SkipCounter | None = None) -> Iterator[torch.Tensor]:
+    """Yield (1, 3, S, S) SAM-preprocessed images, skipping unreadable files (logged and counted)."""
+    yielded = 0
+    for path in paths:
+        if limit is not None and yielded >= limit:
+            return
+        try:
+            image = open_rgb(path)
+        except OSError as error:
+            log.warning("skipping %s", error)
+            if skipped is not None:
+                skipped.skipped.append(path)
+            continue
+        yielded += 1
+        yield processor(images=image, return_tensors="pt")["pixel_values"]
