@@ -1,0 +1,142 @@
+"""Datasets for distillation (plain image folders) and evaluation / labelled pruning (SA-1B).
+
+SA-1B layout: `sa_<n>.jpg` beside `sa_<n>.json`, whose `annotations[*]` hold `segmentation` (COCO
+RLE of the whole image), `bbox` (XYWH pixels) and `point_coords` ([[x, y]] pixels). Images go
+through the model's own `SamProcessor` (longest side to S, pad to S x S, normalise), so every
+model sees exactly what `SamProcessor` would give it. A file that cannot be read yields `None`
+(logged); `collate_pixels` drops and counts those, so one bad file never stops a long run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from torch.utils.data import Dataset
+from transformers import SamProcessor
+
+from slimsam.images import IMAGE_SUFFIXES, ImageFolderError, open_rgb
+
+log = logging.getLogger(__name__)
+
+
+def find_images(root: str | Path) -> list[Path]:
+    """Image files under `root`, subfolders included (SA-1B archives extract side by side), sorted by path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ImageFolderError(f"image folder {root} does not exist")
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise ImageFolderError(f"image folder {root} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return paths
+
+
+def find_sa1b_images(root: str | Path) -> list[Path]:
+    """Images under `root` that have their SA-1B annotation file (same name, .json) beside them, sorted."""
+    paths = [p for p in find_images(root) if p.with_suffix(".json").is_file()]
+    if not paths:
+        raise ImageFolderError(f"{root} has images but no SA-1B annotations beside them (sa_<n>.jpg + sa_<n>.json)")
+    return paths
+
+
+def train_val_split(paths: list[Path], val_size: int | float, seed: int = 0) -> tuple[list[Path], list[Path]]:
+    """Split into (train, val), each in the input's order; the same paths and seed give the same split.
+
+    val_size: a count (int, 0 <= n < len(paths)) or a fraction (float, 0 < f < 1; at least one image).
+    """
+    total = len(paths)
+    if isinstance(val_size, float):
+        if not 0 < val_size < 1:
+            raise ValueError(f"val fraction must be between 0 and 1, got {val_size}")
+        count = max(1, round(total * val_size))
+    else:
+        count = val_size
+    if not 0 <= count < total:
+        raise ValueError(f"cannot hold out {count} of {total} images for validation and still train on some")
+    chosen = set(random.Random(seed).sample(range(total), count))
+    train = [p for i, p in enumerate(paths) if i not in chosen]
+    val = [p for i, p in enumerate(paths) if i in chosen]
+    return train, val
+
+
+class ImageDataset(Dataset):
+    """Images for distillation: item i is a (3, S, S) float tensor, or None when the file is unreadable."""
+
+    def __init__(self, paths: list[Path], processor: SamProcessor) -> None:
+        self.paths = list(paths)
+        self.processor = processor
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor | None:
+        try:
+            image = open_rgb(self.paths[index])
+        except OSError as error:
+            log.warning("skipping %s", error)
+            return None
+        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+
+def collate_pixels(batch: list[torch.Tensor | None]) -> tuple[torch.Tensor | None, int]:
+    """DataLoader collate_fn for ImageDataset: ((B, 3, S, S) readable images or None if none, skipped count)."""
+    images = [item for item in batch if item is not None]
+    return (torch.stack(images) if images else None), len(batch) - len(images)
+
+
+def _decode_masks(annotations: list[dict], height: int, width: int) -> np.ndarray:
+    """(N, height, width) bool masks from the annotations' COCO RLE."""
+    if not annotations:
+        return np.zeros((0, height, width), dtype=bool)
+    rles = [annotation["segmentation"] for annotation in annotations]
+    for rle in rles:
+        if list(rle["size"]) != [height, width]:
+            raise ValueError(f"mask size {rle['size']} differs from the image's {[height, width]}")
+    return np.moveaxis(mask_utils.decode(rles), -1, 0).astype(bool)
+
+
+class SA1BDataset(Dataset):
+    """SA-1B images with their masks and prompts; item i is a dict, or None when a file is unreadable.
+
+    Item keys (N annotations, image of H x W pixels, model input S x S):
+        pixel_values: (3, S, S) float tensor, as SamProcessor makes it;
+        original_size: (H, W); reshaped_size: (h, w), the image inside the padded input (both ints);
+        masks: (N, H, W) bool numpy; points: (N, 2) float32 xy; boxes: (N, 4) float32 XYXY, in pixels;
+        input_points: (N, 1, 2) and input_boxes: (N, 4) float tensors, the same prompts in the model's
+            input frame (what SamModel takes), or None when N == 0;
+        path: the image file.
+    """
+
+    def __init__(self, paths: list[Path], processor: SamProcessor) -> None:
+        self.paths = list(paths)
+        self.processor = processor
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict | None:
+        path = self.paths[index]
+        try:
+            image = open_rgb(path)
+            annotations = json.loads(path.with_suffix(".json").read_text())["annotations"]
+            width, height = image.size
+            masks = _decode_masks(annotations, height, width)
+            points = np.array([a["point_coords"][0] for a in annotations], dtype=np.float32).reshape(-1, 2)
+            xywh = np.array([a["bbox"] for a in annotations], dtype=np.float32).reshape(-1, 4)
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
+            # ValueError covers malformed JSON; KeyError / TypeError / IndexError a JSON that is not SA-1B's schema.
+            log.warning("skipping %s: %s", path, error)
+            return None
+        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        prompts = dict(input_points=[points[:, None].tolist()], input_boxes=[boxes.tolist()]) if len(points) else {}
+        encoded = self.processor(images=image, return_tensors="pt", **prompts)
+        return {"pixel_values": encoded["pixel_values"][0], "original_size": (height, width),
+                "reshaped_size": tuple(int(v) for v in encoded["reshaped_input_sizes"][0]),
+                "masks": masks, "points": points, "boxes": boxes,
+                "input_points": encoded["input_points"][0].float() if prompts else None,
+                "input_boxes": encoded["input_boxes"][0].float() if prompts else None,
+                "path": path}
