@@ -101,6 +101,12 @@ def bottleneck_groups(model: SamModel) -> list[ChannelGroup]:
     return [attention_group(model, i) for i in range(n)] + [mlp_group(model, i) for i in range(n)]
 
 
+# Our own instance, always along the last dim. Not tp.prune_parameter_out_channels: that is one shared
+# object whose pruning dim torch-pruning's DependencyGraph overwrites while tracing unwrapped parameters,
+# after which it slices pos_embed / rel_pos along the wrong dim.
+_LAST_DIM_PARAMETER_PRUNER = tp.pruner.function.ParameterPruner(pruning_dim=-1)
+
+
 def _prune_layernorm(norm: nn.LayerNorm, keep: torch.Tensor) -> None:
     # Not tp.prune_layernorm_out_channels: in torch-pruning 1.6.1 it builds its keep list from a
     # Python set and calls Tensor.sort() without using the result, so with few channels left the
@@ -135,4 +141,4 @@ def prune_group(group: ChannelGroup, keep: torch.Tensor) -> None:
             _prune_layernorm(module, kept)
         else:
             attr = kind.removeprefix("param:")
-            setattr(module, attr, tp.prune_parameter_out_channels(getattr(module, attr), removed))
+            setattr(module, attr, _LAST_DIM_PARAMETER_PRUNER.prune_out_channels(getattr(module, attr), removed))

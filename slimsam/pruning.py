@@ -13,6 +13,7 @@ import torch
 from transformers import SamModel
 
 from slimsam.groups import attention_group, embedding_group, mlp_group, prune_group
+from slimsam.images import ImageFolderError
 from slimsam.importance import CRITERIA, accumulate_disturbed_taylor_gradients, bottleneck_scores, embedding_scores
 from slimsam.structure import sync_config
 
@@ -146,7 +147,7 @@ def prune(model: SamModel, target: str, ratio: float, scope: str = "local", crit
         used = accumulate_disturbed_taylor_gradients(model, pixel_values, seed=seed, total=num_images,
                                                      progress=progress)
         if used == 0:
-            raise ValueError("no readable images for the disturbed-taylor gradient pass")
+            raise ImageFolderError("no readable images for the disturbed-taylor gradient pass")
     score_kind = "taylor" if criterion == "disturbed-taylor" else criterion
     with torch.no_grad():
         if target == "embedding":
