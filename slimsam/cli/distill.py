@@ -1,0 +1,83 @@
+"""`slimsam distill STUDENT --teacher MODEL --step 1|2 --train DIR --out DIR`: one SlimSAM distillation phase.
+
+Multi-GPU: `torchrun --nproc_per_node N --no-python slimsam distill ...` (the same arguments).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from slimsam.checkpoints import load_model, read_history
+from slimsam.cli.args import add_device, positive_int
+from slimsam.data import find_images, train_val_split
+from slimsam.train import SettingsError, TrainConfig, distill, init_distributed
+
+
+def add_training_args(parser: argparse.ArgumentParser) -> None:
+    """Data and hyperparameter options shared by `distill` and `slim` (defaults: the paper's)."""
+    parser.add_argument("--train", required=True, help="folder of training images (subfolders included)")
+    parser.add_argument("--val", help="folder of validation images; with SA-1B annotations (sa_<n>.json) the best "
+                                      "checkpoint and the lr schedule follow point-prompt mIoU, else embedding MSE "
+                                      "(default: hold out --val-size training images)")
+    parser.add_argument("--val-size", type=positive_int, default=50, help="images held out when --val is not given")
+    parser.add_argument("--epochs", type=positive_int, default=20, help="epochs per distillation phase (default 20)")
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--batch-size", type=positive_int, default=4,
+                        help="images per optimizer step, all processes together (default 4)")
+    parser.add_argument("--micro-batch", type=positive_int, default=1, help="images per forward pass per process")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-workers", type=int, default=2, help="data loading processes")
+    parser.add_argument("--checkpoint-every", type=int, default=250,
+                        help="optimizer steps between checkpoints within an epoch (0: only at epoch ends)")
+    add_device(parser)
+
+
+def train_and_val_paths(args) -> tuple[list[Path], list[Path]]:
+    train = find_images(args.train)
+    if args.val:
+        return train, find_images(args.val)
+    return train_val_split(train, args.val_size, args.seed)
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("distill", help="one distillation phase: bottleneck (1) or embedding (2) aligning")
+    parser.add_argument("student", help="the pruned model to train (folder)")
+    parser.add_argument("--teacher", required=True, help="the original model: alias, Hub id or folder")
+    parser.add_argument("--step", type=int, choices=(1, 2), required=True,
+                        help="1: bottleneck aligning after embedding pruning; 2: embedding aligning after "
+                             "bottleneck pruning")
+    parser.add_argument("--step1-model", help="step 2: the model that was bottleneck-pruned into STUDENT "
+                                              "(default: the source recorded in STUDENT's history)")
+    add_training_args(parser)
+    parser.add_argument("--out", required=True, help="run folder: checkpoint, metrics, curves, and model/ at the end")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.set_defaults(run=run)
+
+
+def _step1_source(args) -> str:
+    if args.step1_model:
+        return args.step1_model
+    from slimsam.cli import CliError
+    for record in reversed(read_history(args.student)):
+        if record.get("step") == "prune" and record.get("target") == "bottleneck" and "source" in record:
+            return record["source"]
+    raise CliError(f"--step 2 needs the model before bottleneck pruning and {args.student}'s history does not "
+                   f"name it: pass --step1-model DIR")
+
+
+def run(args) -> None:
+    from slimsam.cli import CliError
+    train_paths, val_paths = train_and_val_paths(args)
+    device = init_distributed(args.device)
+    student, processor = load_model(args.student)
+    teacher, _ = load_model(args.teacher)
+    step1_model = load_model(_step1_source(args))[0] if args.step == 2 else None
+    config = TrainConfig(step=args.step, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                         micro_batch=args.micro_batch, seed=args.seed, checkpoint_every=args.checkpoint_every,
+                         num_workers=args.num_workers, device=str(device))
+    try:
+        model_dir = distill(student, processor, teacher, train_paths, val_paths, args.out, config,
+                            step1_model=step1_model, resume=args.resume, history=read_history(args.student))
+    except SettingsError as error:
+        raise CliError(str(error)) from None
+    print(f"best model saved to {model_dir}")

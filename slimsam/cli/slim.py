@@ -1,0 +1,44 @@
+"""`slimsam slim MODEL --ratio R --train DIR --epochs E --out DIR`: the whole SlimSAM method, resumable.
+
+Rerunning the same command with the same --out after an interruption goes on where it stopped.
+Multi-GPU: `torchrun --nproc_per_node N --no-python slimsam slim ...` (the same arguments).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from slimsam.cli.args import positive_int, ratio
+from slimsam.cli.distill import add_training_args
+from slimsam.slim import EMBEDDING_ALIGNING, FINAL, SlimSettings, slim
+from slimsam.train import SettingsError, init_distributed, is_main
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("slim", help="the whole method: prune, align, prune, align, export (resumable)")
+    parser.add_argument("model", help="the model to slim (the teacher): alias, Hub id or folder")
+    parser.add_argument("--ratio", type=ratio, required=True,
+                        help="fraction of channels removed in each pruning step, e.g. 0.5 or 0.77")
+    parser.add_argument("--grad-size", type=positive_int, default=1000,
+                        help="images in each disturbed-Taylor gradient pass (default 1000)")
+    add_training_args(parser)
+    parser.add_argument("--out", required=True, help="output folder; rerun with the same one to resume")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> None:
+    from slimsam.cli import CliError
+    settings = SlimSettings(model=args.model, ratio=args.ratio, train=str(Path(args.train).resolve()),
+                            val=str(Path(args.val).resolve()) if args.val else None, epochs=args.epochs,
+                            val_size=args.val_size, grad_size=args.grad_size, seed=args.seed, lr=args.lr,
+                            batch_size=args.batch_size, micro_batch=args.micro_batch)
+    device = init_distributed(args.device)
+    try:
+        record = slim(settings, args.out, device, args.num_workers, args.checkpoint_every)
+    except SettingsError as error:
+        raise CliError(str(error)) from None
+    if is_main():
+        print("embedding MSE to the teacher (validation images):")
+        for phase, value in record["embedding_mse"].items():
+            print(f"  after {phase}: {value:.6g}")
+        print(f"metrics and curves: {Path(args.out) / EMBEDDING_ALIGNING}; "
+              f"plain SamModel: {Path(args.out) / FINAL}")
