@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 from transformers import SamProcessor
 
-from slimsam.images import IMAGE_SUFFIXES, ImageFolderError, open_rgb
+from slimsam.images import IMAGE_SUFFIXES, ImageFolderError, SkipCounter, open_rgb
 
 log = logging.getLogger(__name__)
 
@@ -140,3 +141,14 @@ class SA1BDataset(Dataset):
                 "input_points": encoded["input_points"][0].float() if prompts else None,
                 "input_boxes": encoded["input_boxes"][0].float() if prompts else None,
                 "path": path}
+
+
+def iter_sa1b(paths: list[Path], processor: SamProcessor, skipped: SkipCounter | None = None) -> Iterator[dict]:
+    """SA1BDataset items of `paths` in order, unreadable ones left out (logged, and recorded in `skipped`)."""
+    dataset = SA1BDataset(paths, processor)
+    for index, path in enumerate(dataset.paths):
+        sample = dataset[index]
+        if sample is not None:
+            yield sample
+        elif skipped is not None:
+            skipped.skipped.append(path)

@@ -16,7 +16,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import SamModel, SamProcessor
 
-from slimsam.data import SA1BDataset
+from slimsam.data import iter_sa1b
+from slimsam.images import SkipCounter
 
 PROMPTS = ("point", "box")
 
@@ -84,17 +85,15 @@ def evaluate(model: SamModel, processor: SamProcessor, paths: Iterable[Path], pr
     """mIoU of `model` on SA-1B images `paths` (each with its sa_<n>.json beside it)."""
     if prompt not in PROMPTS:
         raise ValueError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
-    dataset = SA1BDataset(list(paths), processor)
-    per_image, annotations, skipped = [], 0, 0
-    for index in tqdm(range(len(dataset)), desc=f"mIoU ({prompt} prompts)", disable=not progress):
-        sample = dataset[index]
-        if sample is None:
-            skipped += 1
-            continue
+    paths = list(paths)
+    skipped = SkipCounter()
+    per_image, annotations = [], 0
+    for sample in tqdm(iter_sa1b(paths, processor, skipped), total=len(paths), desc=f"mIoU ({prompt} prompts)",
+                       disable=not progress):
         if len(sample["masks"]) == 0:
             continue  # no annotation, no IoU to average
         ious = image_ious(model, processor, sample, prompt)
         per_image.append(ious.mean().item())
         annotations += len(ious)
     miou = float(np.mean(per_image)) if per_image else float("nan")
-    return EvalResult(miou=miou, images=len(per_image), annotations=annotations, skipped=skipped)
+    return EvalResult(miou=miou, images=len(per_image), annotations=annotations, skipped=len(skipped))

@@ -16,7 +16,7 @@ from transformers import SamModel
 
 from slimsam.groups import ChannelGroup, attention_group, embedding_group, mlp_group
 
-CRITERIA = ("disturbed-taylor", "magnitude", "random")
+CRITERIA = ("disturbed-taylor", "taylor", "magnitude", "random")  # "taylor": labels, see slimsam.label_taylor
 NOISE_STD = 0.01
 
 

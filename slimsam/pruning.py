@@ -10,11 +10,12 @@ import math
 from collections.abc import Iterable
 
 import torch
-from transformers import SamModel
+from transformers import SamModel, SamProcessor
 
 from slimsam.groups import attention_group, embedding_group, mlp_group, prune_group
 from slimsam.images import ImageFolderError
 from slimsam.importance import CRITERIA, accumulate_disturbed_taylor_gradients, bottleneck_scores, embedding_scores
+from slimsam.label_taylor import accumulate_label_taylor_gradients
 from slimsam.structure import sync_config
 
 TARGETS = ("embedding", "bottleneck")
@@ -127,10 +128,13 @@ def prune_bottlenecks(model: SamModel, ratio: float, attention_scores: list[torc
 
 def prune(model: SamModel, target: str, ratio: float, scope: str = "local", criterion: str = "disturbed-taylor",
           pixel_values: Iterable[torch.Tensor] | None = None, num_images: int | None = None, seed: int = 0,
-          progress: bool = True) -> dict:
+          progress: bool = True, samples: Iterable[dict] | None = None,
+          processor: SamProcessor | None = None) -> dict:
     """Score channels with `criterion`, then run one SlimSAM pruning step in place.
 
     target: "embedding" (step 1) or "bottleneck" (step 2). criterion: one of importance.CRITERIA.
+    samples, processor: for label-based "taylor", SA-1B samples (slimsam.data.iter_sa1b; num_images
+    of them) and the model's processor.
     pixel_values: (1, 3, S, S) images for the disturbed-Taylor gradient pass (num_images of them, for
     the progress bar). Returns a record of what was done, for the model folder's history.
     """
@@ -148,7 +152,14 @@ def prune(model: SamModel, target: str, ratio: float, scope: str = "local", crit
                                                      progress=progress)
         if used == 0:
             raise ImageFolderError("no readable images for the disturbed-taylor gradient pass")
-    score_kind = "taylor" if criterion == "disturbed-taylor" else criterion
+    elif criterion == "taylor":
+        if samples is None or processor is None:
+            raise ValueError("label-based taylor importance needs SA-1B samples and the model's processor")
+        used = accumulate_label_taylor_gradients(model, processor, samples, seed=seed, total=num_images,
+                                                 progress=progress)
+        if used == 0:
+            raise ImageFolderError("no readable annotated SA-1B images for the taylor gradient pass")
+    score_kind = "taylor" if criterion in ("disturbed-taylor", "taylor") else criterion
     with torch.no_grad():
         if target == "embedding":
             prune_embedding_dim(model, ratio, embedding_scores(model, score_kind, generator))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from slimsam.checkpoints import load_model, read_history, resolve, save_model
 from slimsam.cli.args import add_device, positive_int, ratio
+from slimsam.data import find_sa1b_images, iter_sa1b
 from slimsam.images import SkipCounter, iter_pixel_values, list_images
 from slimsam.importance import CRITERIA
 from slimsam.pruning import SCOPES, TARGETS, prune
@@ -20,7 +21,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--scope", choices=SCOPES, default="local",
                         help="local: same ratio in every block (default); global: rank bottlenecks across blocks")
     parser.add_argument("--importance", choices=CRITERIA, default="disturbed-taylor")
-    parser.add_argument("--images", help="folder of images for the gradient pass (disturbed-taylor)")
+    parser.add_argument("--images", help="folder of images for the gradient pass (disturbed-taylor; "
+                        "taylor needs SA-1B images with their sa_<n>.json annotations)")
     parser.add_argument("--grad-size", type=positive_int, default=1000, help="images in the gradient pass")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="output folder (slimsam format)")
@@ -40,17 +42,20 @@ def run(args) -> None:
     if Path(args.out).exists() and not args.overwrite:
         raise CliError(f"output folder {args.out} already exists (pass --overwrite to replace it)")
     paths = None
-    if args.importance == "disturbed-taylor":
+    if args.importance in ("disturbed-taylor", "taylor"):
         if not args.images:
-            raise CliError("--importance disturbed-taylor needs --images DIR (or use magnitude / random)")
-        paths = list_images(args.images)[:args.grad_size]
+            raise CliError(f"--importance {args.importance} needs --images DIR (or use magnitude / random)")
+        find = find_sa1b_images if args.importance == "taylor" else list_images
+        paths = find(args.images)[:args.grad_size]
     model, processor = load_model(args.model, device=args.device)
     before = _summary(model)
     skipped = SkipCounter()
-    pixels = iter_pixel_values(paths, processor, skipped=skipped) if paths else None
+    labelled = args.importance == "taylor"
+    pixels = iter_pixel_values(paths, processor, skipped=skipped) if paths and not labelled else None
+    samples = iter_sa1b(paths, processor, skipped) if labelled else None
     start = time.perf_counter()
     record = prune(model, args.target, args.ratio, args.scope, args.importance, pixels,
-                   num_images=len(paths) if paths else None, seed=args.seed)
+                   num_images=len(paths) if paths else None, seed=args.seed, samples=samples, processor=processor)
     record["source"] = resolve(args.model)
     save_model(model.cpu(), processor, args.out, read_history(resolve(args.model)) + [record], overwrite=args.overwrite)
     print(f"before: {before}")
