@@ -41,13 +41,13 @@ def mask_logits(model: SamModel, processor: SamProcessor, sample: dict, image_em
     select: which annotations (index tensor or slice). Returns (n, H, W) float logits; mask = logits > 0.
     Differentiable (label-based Taylor backpropagates through it).
     """
-    device = image_embeddings.device
+    device, dtype = image_embeddings.device, image_embeddings.dtype
     if prompt == "point":
-        points = sample["input_points"][select].to(device)  # (n, 1, 2)
+        points = sample["input_points"][select].to(device, dtype)  # (n, 1, 2)
         prompts = dict(input_points=points[None], input_labels=torch.ones(points.shape[:2], dtype=torch.long,
                                                                             device=device)[None])
     elif prompt == "box":
-        prompts = dict(input_boxes=sample["input_boxes"][select].to(device)[None])
+        prompts = dict(input_boxes=sample["input_boxes"][select].to(device, dtype)[None])
     else:
         raise ValueError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
     low_res = model(image_embeddings=image_embeddings, multimask_output=False, **prompts).pred_masks[0]  # (n, 1, s', s')
