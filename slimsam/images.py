@@ -43,13 +43,31 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def open_rgb(path: str | Path) -> Image.Image:
-    """Open an image file as upright RGB; raises OSError for unreadable or corrupt files."""
+def shrink(image: Image.Image, max_side: int) -> Image.Image:
+    """Downscale so that the longest side is at most `max_side` px (aspect kept); smaller images unchanged.
+
+    Works in any mode, 16-bit included, so huge images never reach a float conversion at full size.
+    """
+    scale = max_side / max(image.size)
+    if scale >= 1:
+        return image
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.BILINEAR)
+
+
+def open_rgb(path: str | Path, max_side: int | None = None) -> Image.Image:
+    """Open an image file as upright RGB; raises OSError for unreadable, corrupt or absurdly large files.
+
+    max_side: downscale to at most this many px on the longest side. JPEGs are then decoded at a reduced
+    scale directly (PIL's draft mode), so a 12000x9000 photo never exists at full size in memory.
+    """
     try:
         with Image.open(path) as image:
+            if max_side is not None:
+                image.draft("RGB", (max_side, max_side))  # a no-op for formats other than JPEG
             image.load()
-            return to_rgb(image)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+            return to_rgb(shrink(image, max_side) if max_side is not None else image)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise OSError(f"cannot read image {path}: {error}") from error
 
 
