@@ -375,41 +375,40 @@ def distill(student: SamModel, processor: SamProcessor, teacher: SamModel, train
         batches = [indices[i:i + config.micro_batch] for i in range(0, len(indices), config.micro_batch)]
         loader = DataLoader(dataset, batch_sampler=batches[progress.batch:], collate_fn=collate_pixels,
                             num_workers=config.num_workers)
-        bar = tqdm(total=len(batches), initial=progress.batch, desc=f"step {config.step} epoch {epoch + 1}/"
-                   f"{config.epochs}", unit="batch", disable=not is_main(), dynamic_ncols=True)
-        started, images = time.perf_counter(), 0
-        for batch_index, (pixels, skipped) in enumerate(loader, start=progress.batch):
-            group_start = batch_index - batch_index % accumulation
-            group_size = min(accumulation, len(batches) - group_start)  # the epoch's last group may be short
-            steps_now = batch_index == group_start + group_size - 1
-            # A batch of unreadable files still runs (on zeros, weight 0): every DDP process must make the
-            # same collective calls.
-            weight = 0.0 if pixels is None else 1.0
-            if pixels is None:
-                pixels = torch.zeros(config.micro_batch, 3, encoder.config.image_size, encoder.config.image_size)
-            progress.skipped += skipped
-            pixels = pixels.to(device)
-            with nullcontext() if steps_now or processes == 1 else trained.no_sync():
-                loss, terms = _phase_loss(config, alpha, trained, teacher, step1_model, pixels, device)
-                (loss * (weight / group_size)).backward()
-            progress.epoch_loss_sum += loss.item() * weight
-            images += len(pixels) * int(weight) * processes
-            bar.update(1)
-            if not steps_now:
-                continue
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            progress.optimizer_steps += 1
-            progress.batch = batch_index + 1
-            lr = optimizer.param_groups[0]["lr"]
-            bar.set_postfix(loss=f"{loss.item():.4g}", lr=f"{lr:.2g}")
-            if progress.optimizer_steps % config.log_every == 0:
-                progress.rows.append({"kind": "train", "epoch": epoch, "optimizer_step": progress.optimizer_steps,
-                                      "loss": loss.item(), "alpha": alpha, "lr": lr, **terms})
-            if config.checkpoint_every and progress.optimizer_steps % config.checkpoint_every == 0 \
-                    and progress.batch < len(batches):
-                save_checkpoint()
-        bar.close()
+        with tqdm(total=len(batches), initial=progress.batch, desc=f"step {config.step} epoch {epoch + 1}/"
+                   f"{config.epochs}", unit="batch", disable=not is_main(), dynamic_ncols=True) as bar:
+            started, images = time.perf_counter(), 0
+            for batch_index, (pixels, skipped) in enumerate(loader, start=progress.batch):
+                group_start = batch_index - batch_index % accumulation
+                group_size = min(accumulation, len(batches) - group_start)  # the epoch's last group may be short
+                steps_now = batch_index == group_start + group_size - 1
+                # A batch of unreadable files still runs (on zeros, weight 0): every DDP process must make the
+                # same collective calls.
+                weight = 0.0 if pixels is None else 1.0
+                if pixels is None:
+                    pixels = torch.zeros(config.micro_batch, 3, encoder.config.image_size, encoder.config.image_size)
+                progress.skipped += skipped
+                pixels = pixels.to(device)
+                with nullcontext() if steps_now or processes == 1 else trained.no_sync():
+                    loss, terms = _phase_loss(config, alpha, trained, teacher, step1_model, pixels, device)
+                    (loss * (weight / group_size)).backward()
+                progress.epoch_loss_sum += loss.item() * weight
+                images += len(pixels) * int(weight) * processes
+                bar.update(1)
+                if not steps_now:
+                    continue
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                progress.optimizer_steps += 1
+                progress.batch = batch_index + 1
+                lr = optimizer.param_groups[0]["lr"]
+                bar.set_postfix(loss=f"{loss.item():.4g}", lr=f"{lr:.2g}")
+                if progress.optimizer_steps % config.log_every == 0:
+                    progress.rows.append({"kind": "train", "epoch": epoch, "optimizer_step": progress.optimizer_steps,
+                                          "loss": loss.item(), "alpha": alpha, "lr": lr, **terms})
+                if config.checkpoint_every and progress.optimizer_steps % config.checkpoint_every == 0 \
+                        and progress.batch < len(batches):
+                    save_checkpoint()
         seconds = time.perf_counter() - started
 
         value = broadcast_from_main(validation.measure(student) if is_main() else None)
