@@ -76,7 +76,7 @@ def image_ious(model: SamModel, processor: SamProcessor, sample: dict, prompt: s
     for start in range(0, len(targets), prompts_per_batch):
         select = slice(start, start + prompts_per_batch)
         predicted = mask_logits(model, processor, sample, embeddings, prompt, select) > 0
-        ious.append(mask_iou(predicted.cpu(), targets[select]))
+        ious.append(mask_iou(predicted, targets[select].to(predicted.device)).cpu())
     return torch.cat(ious)
 
 
