@@ -7,6 +7,7 @@ Both keep the highest-scoring channels of each group (see slimsam.groups) and wo
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable
 
 import torch
@@ -136,7 +137,8 @@ def prune(model: SamModel, target: str, ratio: float, scope: str = "local", crit
     samples, processor: for label-based "taylor", SA-1B samples (slimsam.data.iter_sa1b; num_images
     of them) and the model's processor.
     pixel_values: (1, 3, S, S) images for the disturbed-Taylor gradient pass (num_images of them, for
-    the progress bar). Returns a record of what was done, for the model folder's history.
+    the progress bar). Returns a record of what was done (incl. seconds spent on gradients and on
+    scoring + pruning), for the model folder's history.
     """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
@@ -145,6 +147,7 @@ def prune(model: SamModel, target: str, ratio: float, scope: str = "local", crit
     kept_count(1, ratio)  # validate before the (slow) gradient pass
     generator = torch.Generator().manual_seed(seed)
     used = 0
+    started = time.perf_counter()
     if criterion == "disturbed-taylor":
         if pixel_values is None:
             raise ValueError("disturbed-taylor importance needs images")
@@ -159,6 +162,7 @@ def prune(model: SamModel, target: str, ratio: float, scope: str = "local", crit
                                                  progress=progress)
         if used == 0:
             raise ImageFolderError("no readable annotated SA-1B images for the taylor gradient pass")
+    gradient_seconds = time.perf_counter() - started
     score_kind = "taylor" if criterion in ("disturbed-taylor", "taylor") else criterion
     with torch.no_grad():
         if target == "embedding":
@@ -166,5 +170,7 @@ def prune(model: SamModel, target: str, ratio: float, scope: str = "local", crit
         else:
             prune_bottlenecks(model, ratio, *bottleneck_scores(model, score_kind, generator), scope=scope)
     model.zero_grad(set_to_none=True)
+    pruning_seconds = time.perf_counter() - started - gradient_seconds
     return {"step": "prune", "target": target, "ratio": ratio, "scope": scope if target == "bottleneck" else "local",
-            "importance": criterion, "images": used, "seed": seed}
+            "importance": criterion, "images": used, "seed": seed,
+            "seconds": {"gradients": round(gradient_seconds, 3), "pruning": round(pruning_seconds, 3)}}

@@ -21,8 +21,8 @@ def describe(model) -> str:
     dims = read_dims(model)
     size = model.config.vision_config.image_size
     lines = [f"parameters: {params['total']:,} total, {params['encoder']:,} image encoder",
-             f"encoder MACs at {size}x{size}: {macs['linear_conv'] / 1e9:.1f}G linear+conv (paper convention), "
-             f"{macs['total'] / 1e9:.1f}G with attention",
+             f"encoder MACs at {size}x{size}: {macs['linear_conv'] / 1e9:.4g}G linear+conv (paper convention), "
+             f"{macs['total'] / 1e9:.4g}G with attention",
              f"hidden size {dims.hidden_size}, {dims.num_heads} heads, {len(dims.layers)} blocks, "
              f"{'uniform (exportable as plain SamModel)' if dims.is_uniform else 'non-uniform (slimsam format)'}",
              "block  head_dim  qkv_width  mlp_dim"]

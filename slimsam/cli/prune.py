@@ -1,7 +1,6 @@
 """`slimsam prune MODEL --target embedding|bottleneck --ratio R ... --out DIR`: one SlimSAM pruning step."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from slimsam.checkpoints import load_model, read_history, resolve, save_model
@@ -33,8 +32,8 @@ def add_parser(subparsers) -> None:
 
 def _summary(model) -> str:
     params, macs = count_parameters(model), encoder_macs(model)
-    return f"{params['total'] / 1e6:.2f}M params ({params['encoder'] / 1e6:.2f}M encoder), " \
-           f"{macs['linear_conv'] / 1e9:.1f}G encoder MACs"
+    return f"{params['total']:,} params ({params['encoder']:,} encoder), " \
+           f"{macs['linear_conv'] / 1e9:.3g}G encoder MACs"
 
 
 def run(args) -> None:
@@ -53,7 +52,6 @@ def run(args) -> None:
     labelled = args.importance == "taylor"
     pixels = iter_pixel_values(paths, processor, skipped=skipped) if paths and not labelled else None
     samples = iter_sa1b(paths, processor, skipped) if labelled else None
-    start = time.perf_counter()
     record = prune(model, args.target, args.ratio, args.scope, args.importance, pixels,
                    num_images=len(paths) if paths else None, seed=args.seed, samples=samples, processor=processor)
     record["source"] = resolve(args.model)
@@ -62,4 +60,6 @@ def run(args) -> None:
     print(f"after:  {_summary(model)}")
     if paths:
         print(f"gradient pass: {record['images']} images, {len(skipped)} unreadable skipped")
-    print(f"pruned in {time.perf_counter() - start:.1f}s; saved to {args.out}")
+    seconds = record["seconds"]
+    print(f"time: {seconds['gradients']:.1f}s gradient pass, {seconds['pruning']:.2f}s scoring + pruning; "
+          f"saved to {args.out}")
