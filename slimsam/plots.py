@@ -315,24 +315,52 @@ def embedding_maps(embeddings: Mapping[str, torch.Tensor], reference: str, image
     return fig
 
 
-def loss_curves(curves: Mapping[str, Sequence[float]], title: str, weight: Sequence[float] | None = None,
-                weight_label: str = "weight a", xlabel: str = "step"):
-    """Training losses on a log axis; `weight` (e.g. the decaying loss weight a) on a second axis."""
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    for name, values in curves.items():
-        ax.plot(np.arange(1, len(values) + 1), values, label=name)
+def training_curves(rows: Sequence[Mapping], terms: Mapping[str, str], title: str):
+    """A distillation run from its metric rows (slimsam.train's metrics.jsonl).
+
+    Left: the loss terms per optimizer step on a log axis (terms: row key -> legend label; a term is drawn
+    where it was computed) and the feature-term weight `a` (dotted, right axis). Right: the validation
+    metric after each epoch.
+    """
+    train = [row for row in rows if row["kind"] == "train"]
+    val = [row for row in rows if row["kind"] == "val"]
+    fig, (ax, val_ax) = plt.subplots(1, 2, figsize=(13, 3.8), gridspec_kw={"width_ratios": [2, 1]})
+    for key, label in terms.items():
+        points = [(row["optimizer_step"], row[key]) for row in train if key in row]
+        if points:
+            ax.plot(*zip(*points), label=label, marker="." if len(points) < 60 else None)
     ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("loss (MSE)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("MSE")
+    twin = ax.twinx()
+    twin.step([row["optimizer_step"] for row in train], [row["alpha"] for row in train], where="post",
+              color="black", linestyle=":", label="weight a of the feature terms")
+    twin.set_ylim(-0.05, 1.05)
+    twin.set_ylabel("a")
     handles, labels = ax.get_legend_handles_labels()
-    if weight is not None:
-        twin = ax.twinx()
-        twin.plot(np.arange(1, len(weight) + 1), weight, color="black", linestyle=":", label=weight_label)
-        twin.set_ylim(-0.05, 1.05)
-        twin.set_ylabel(weight_label)
-        h2, l2 = twin.get_legend_handles_labels()
-        handles, labels = handles + h2, labels + l2
-    ax.legend(handles, labels, fontsize=8)
-    ax.set_title(title)
+    more_handles, more_labels = twin.get_legend_handles_labels()
+    ax.legend(handles + more_handles, labels + more_labels, fontsize=8, loc="lower left")
+    ax.set_title(title, fontsize=10)
+    if val:
+        val_ax.plot([row["epoch"] + 1 for row in val], [row["value"] for row in val], marker="o")
+        val_ax.set_xlabel("epoch")
+        val_ax.set_ylabel(val[0]["metric"])
+        val_ax.set_title(f"validation {val[0]['metric'].replace('_', ' ')} after each epoch", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def error_bars(errors: Mapping[str, Sequence[float]], ylabel: str, title: str, row_label: str = "block"):
+    """Grouped bars: one group per layer, one bar per model (e.g. each block's feature error to the teacher)."""
+    names = list(errors)
+    n = len(next(iter(errors.values())))
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * n + 2), 3.6))
+    for k, name in enumerate(names):
+        ax.bar(np.arange(n) + (k - (len(names) - 1) / 2) * width, errors[name], width, label=name)
+    ax.set_xticks(range(n), [f"{row_label} {i}" for i in range(n)])
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -13,11 +13,13 @@ from pathlib import Path
 import torch
 from matplotlib import cbook
 from PIL import Image, ImageOps
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import SamModel, SamProcessor
 
 from slimsam.checkpoints import load_model
 from slimsam.configs import processor_for, tiny_config
+from slimsam.data import find_images
 from slimsam.images import list_images, open_rgb
 from slimsam.pruning import prune
 from slimsam.structure import empty_model, read_dims
@@ -34,9 +36,9 @@ _STAND_IN_SHAPES = {
 _STAND_IN_RATIOS = {"slimsam-50": 0.5, "slimsam-77": 0.77}
 DISPLAY_NAMES = {"sam-b": "SAM-B", "sam-l": "SAM-L", "sam-h": "SAM-H", "slimsam-50": "SlimSAM-50",
                  "slimsam-77": "SlimSAM-77"}
-# Prompts that fit the bundled photo (grace_hopper.jpg, 512x600): a point on the face, a box round the head.
-EXAMPLE_POINT = [260, 260]
-EXAMPLE_BOX = [150, 20, 380, 340]
+# Prompts that fit the bundled portrait (grace_hopper.jpg, 512x600): a point on the face, a box round the head.
+_PORTRAIT_SIZE = (512, 600)
+_PORTRAIT_PROMPTS = ([260, 260], [150, 20, 380, 340])
 
 
 def fast_mode() -> bool:
@@ -51,9 +53,14 @@ def label(name: str, fast: bool) -> str:
     return f"{pretty} (tiny random stand-in)" if fast else pretty
 
 
-def device(fast: bool) -> str:
-    """cuda when present in full mode; always cpu in fast mode (tiny models, comparable timings)."""
-    return "cuda" if torch.cuda.is_available() and not fast else "cpu"
+def setup(fast: bool, seed: int = 0) -> str:
+    """Seed torch and pick the device: cuda when present in full mode; cpu in fast mode, on one thread
+    (tiny models gain nothing from threads, and on a busy machine spinning threads slow them 10-100x)."""
+    torch.manual_seed(seed)
+    if fast:
+        torch.set_num_threads(1)
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def work_dir(name: str, root: str | Path = "_work") -> Path:
@@ -77,6 +84,26 @@ def photos(folder: str | Path | None = None, limit: int | None = None) -> list[I
     return images[:limit]
 
 
+def photo_files(folder: str | Path | None, work: Path) -> list[Path]:
+    """Image files for a training run: those in `folder`, or the bundled photos written to `work`/photos."""
+    if folder is not None:
+        return find_images(folder)
+    target = work / "photos"
+    target.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(bundled_photos()):
+        image.save(target / f"photo_{i}.jpg", quality=95)
+    return find_images(target)
+
+
+def example_prompts(image: Image.Image) -> tuple[list[int], list[int]]:
+    """A point ([x, y]) and a box ([x0, y0, x1, y1]) for `image`: the face and head of the bundled portrait,
+    else the image centre and the box around its middle half."""
+    if image.size == _PORTRAIT_SIZE:
+        return _PORTRAIT_PROMPTS
+    w, h = image.size
+    return [w // 2, h // 2], [w // 4, h // 4, 3 * w // 4, 3 * h // 4]
+
+
 def stand_in(name: str, seed: int = 0) -> tuple[SamModel, SamProcessor]:
     """A tiny random SAM shaped like a scaled-down `name` (sam-b, sam-l, sam-h, slimsam-50, slimsam-77).
 
@@ -97,6 +124,10 @@ def stand_in(name: str, seed: int = 0) -> tuple[SamModel, SamProcessor]:
         for param_name, param in model.named_parameters():
             if "rel_pos" in param_name or "pos_embed" in param_name:
                 param.normal_(std=0.1)
+        # SAM's init (std 0.02) leaves a tiny model's inner features near zero; a trained network's are O(1).
+        for module in model.vision_encoder.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.normal_(std=module.in_features ** -0.5)
     return model.eval(), processor_for(config)
 
 
