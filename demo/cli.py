@@ -1,0 +1,33 @@
+"""`python app.py`: parse the options (or their environment variables, for Spaces) and serve the app."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from demo.models import DEFAULT_LEFT, DEFAULT_RIGHT, STANDARD_MODELS, ModelStore, menu_with
+from demo.ui import build_app
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(prog="python app.py", description="Compare SAM and SlimSAM side by side.")
+    parser.add_argument("--left", default=env("SLIMSAM_LEFT", DEFAULT_LEFT),
+                        help="left pane's model: a menu name (SAM-B, SAM-L, SAM-H, SlimSAM-50, SlimSAM-77), a Hub id "
+                             "or a local model folder (env SLIMSAM_LEFT; default %(default)s)")
+    parser.add_argument("--right", default=env("SLIMSAM_RIGHT", DEFAULT_RIGHT),
+                        help="right pane's model, as --left (env SLIMSAM_RIGHT; default %(default)s)")
+    parser.add_argument("--host", default=env("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="address to serve on; 0.0.0.0 for all interfaces (env GRADIO_SERVER_NAME)")
+    parser.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", "7860")),
+                        help="port (env GRADIO_SERVER_PORT; default %(default)s)")
+    parser.add_argument("--share", action="store_true", default=env("GRADIO_SHARE", "") in ("1", "true", "True"),
+                        help="also serve on a temporary public gradio.live link (env GRADIO_SHARE=1)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    left, menu = menu_with(args.left, STANDARD_MODELS)
+    right, menu = menu_with(args.right, menu)
+    app = build_app(ModelStore(menu), left, right)
+    app.queue(default_concurrency_limit=2).launch(server_name=args.host, server_port=args.port, share=args.share)

@@ -1,0 +1,61 @@
+"""Pictures and numbers from masks: overlays, the mask PNG, and the IoU between two panes' masks."""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+MASK_COLOUR = np.array([30, 144, 255], dtype=np.float32)  # the same blue in both panes, to compare shapes
+OPACITY = 0.5
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool -> the mask's boundary pixels (inside the mask, next to a pixel outside it)."""
+    padded = np.pad(mask, 1)
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~interior
+
+
+def overlay_mask(image: np.ndarray, mask: np.ndarray, colour: np.ndarray = MASK_COLOUR) -> np.ndarray:
+    """(H, W, 3) uint8 image with the (H, W) bool mask tinted and outlined."""
+    result = image.astype(np.float32)
+    result[mask] = (1 - OPACITY) * result[mask] + OPACITY * colour
+    result[outline(mask)] = 255
+    return result.astype(np.uint8)
+
+
+def overlay_labels(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 image tinted by an (H, W) label map (0 = no mask, i = mask i), one colour per mask."""
+    palette = np.random.default_rng(0).integers(40, 256, (int(labels.max()) + 1, 3)).astype(np.float32)
+    masked = labels > 0
+    result = image.astype(np.float32)
+    result[masked] = (1 - OPACITY) * result[masked] + OPACITY * palette[labels[masked]]
+    edges = np.zeros_like(masked)
+    edges[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    edges[1:, :] |= labels[1:, :] != labels[:-1, :]
+    result[edges] = 255
+    return result.astype(np.uint8)
+
+
+def label_map(masks: list[np.ndarray]) -> np.ndarray:
+    """Masks (largest first) -> (H, W) uint8 label map; smaller masks are drawn over larger ones."""
+    labels = np.zeros(masks[0].shape, dtype=np.uint8)
+    for index, mask in enumerate(masks[:255], start=1):
+        labels[mask] = index
+    return labels
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Intersection over union of two (H, W) bool masks; None when both are empty."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else None
+
+
+def save_png(array: np.ndarray, folder: Path, stem: str) -> Path:
+    """Write a bool mask (as 0/255) or a uint8 label map to a new PNG in `folder`; returns its path."""
+    pixels = array.astype(np.uint8) * 255 if array.dtype == bool else array
+    path = Path(folder) / f"{stem}-{uuid.uuid4().hex[:8]}.png"
+    Image.fromarray(pixels).save(path)
+    return path
