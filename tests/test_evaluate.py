@@ -81,6 +81,19 @@ def test_own_predictions_score_one(model_and_processor, own_dir, own_masks):
     assert (result.images, result.annotations, result.skipped) == (NUM_IMAGES, sum(map(len, own_masks)), 0)
 
 
+def test_masks_from_the_project_predictor_score_one(tiny_model_dir, model_and_processor, prompts_dir, tmp_path):
+    """The app's SamPredictor and `slimsam eval` agree on what the model segments for a point."""
+    from slimsam.predictor import SamPredictor
+    predictor = SamPredictor.from_pretrained(str(tiny_model_dir), device="cpu")
+    masks = []
+    for n in range(1, NUM_IMAGES + 1):
+        predictor.set_image(Image.open(prompts_dir / f"sa_{n}.jpg"))
+        annotations = json.loads((prompts_dir / f"sa_{n}.json").read_text())["annotations"]
+        masks.append([predictor.predict(points=a["point_coords"], multimask_output=False)[0][0] for a in annotations])
+    folder = make_sa1b_folder(tmp_path, seed=3, masks=masks)
+    assert evaluate(*model_and_processor, find_sa1b_images(folder), "point", progress=False).miou == 1.0
+
+
 def test_the_generated_masks_do_not_score_one(model_and_processor, prompts_dir):
     result = evaluate(*model_and_processor, find_sa1b_images(prompts_dir), "point", progress=False)
     assert result.miou < 0.9
