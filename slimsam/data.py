@@ -20,24 +20,18 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 from transformers import SamProcessor
 
-from slimsam.images import IMAGE_SUFFIXES, ImageFolderError, SkipCounter, open_rgb
+from slimsam.images import ImageFolderError, SkipCounter, list_images, open_rgb
 
 log = logging.getLogger(__name__)
 
 
-def find_images(root: str | Path) -> list[Path]:
-    """Image files under `root`, subfolders included (SA-1B archives extract side by side), sorted by path."""
-    root = Path(root)
-    if not root.is_dir():
-        raise ImageFolderError(f"image folder {root} does not exist")
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not paths:
-        raise ImageFolderError(f"image folder {root} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return paths
+# Image files directly inside a folder, sorted by name; ImageFolderError when missing or empty.
+# Deliberately not recursive: a val/ or an output folder inside the training folder must not leak into training.
+find_images = list_images
 
 
 def find_sa1b_images(root: str | Path) -> list[Path]:
-    """Images under `root` that have their SA-1B annotation file (same name, .json) beside them, sorted."""
+    """Images in `root` that have their SA-1B annotation file (same name, .json) beside them, sorted."""
     paths = [p for p in find_images(root) if p.with_suffix(".json").is_file()]
     if not paths:
         raise ImageFolderError(f"{root} has images but no SA-1B annotations beside them (sa_<n>.jpg + sa_<n>.json)")

@@ -26,13 +26,12 @@ def sa1b_dir(tmp_path_factory):
     return make_sa1b_folder(tmp_path_factory.mktemp("sa1b"), num_images=4)
 
 
-def test_find_images_sorted_recursive_and_errors(tmp_path, photo_dir):
-    (tmp_path / "b").mkdir()
-    (tmp_path / "a").mkdir()
-    for folder in ("b", "a"):
-        (tmp_path / folder / "x.jpg").write_bytes((photo_dir / "photo_0.jpg").read_bytes())
+def test_find_images_sorted_not_recursive_and_errors(tmp_path, photo_dir):
+    for name in ("b.jpg", "a.PNG", "val/c.jpg"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes((photo_dir / "photo_0.jpg").read_bytes())
     (tmp_path / "notes.txt").write_text("not an image")
-    assert find_images(tmp_path) == [tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg"]
+    assert find_images(tmp_path) == [tmp_path / "a.PNG", tmp_path / "b.jpg"]  # val/ stays out of training
     with pytest.raises(ImageFolderError, match="does not exist"):
         find_images(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
