@@ -94,6 +94,15 @@ def test_masks_from_the_project_predictor_score_one(tiny_model_dir, model_and_pr
     assert evaluate(*model_and_processor, find_sa1b_images(folder), "point", progress=False).miou == 1.0
 
 
+def test_an_image_without_annotations_is_not_scored(model_and_processor, own_dir, own_masks, tmp_path):
+    shutil.copytree(own_dir, tmp_path / "data")
+    record = json.loads((tmp_path / "data" / "sa_1.json").read_text())
+    (tmp_path / "data" / "sa_1.json").write_text(json.dumps(dict(record, annotations=[])))
+    result = evaluate(*model_and_processor, find_sa1b_images(tmp_path / "data"), "point", progress=False)
+    assert (result.miou, result.images, result.skipped) == (1.0, NUM_IMAGES - 1, 0)
+    assert result.annotations == sum(map(len, own_masks[1:]))
+
+
 def test_the_generated_masks_do_not_score_one(model_and_processor, prompts_dir):
     result = evaluate(*model_and_processor, find_sa1b_images(prompts_dir), "point", progress=False)
     assert result.miou < 0.9
