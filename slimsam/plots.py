@@ -364,3 +364,22 @@ def error_bars(errors: Mapping[str, Sequence[float]], ylabel: str, title: str, r
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def rel_pos_slicing(before: torch.Tensor, kept: torch.Tensor, after: torch.Tensor, name: str = "rel_pos_h"):
+    """A relative-position table (offsets x head-dim channels) before bottleneck pruning, with the pruned
+    columns struck out, and after: the kept columns, in order (rescaled by the attention-scale fold)."""
+    before, after = _numpy(before), _numpy(after)
+    pruned = np.setdiff1d(np.arange(before.shape[1]), _numpy(kept).astype(int))
+    limit = max(np.abs(before).max(), np.abs(after).max())
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [before.shape[1], after.shape[1]]})
+    for ax, table, title in ((axes[0], before, f"{name} before: {before.shape[1]} channels"),
+                             (axes[1], after, f"after: the {after.shape[1]} kept channels")):
+        im = ax.imshow(table, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+        ax.set_xlabel("head-dim channel")
+        ax.set_title(title, fontsize=10)
+    for column in pruned:
+        axes[0].axvspan(column - 0.5, column + 0.5, facecolor="none", edgecolor="black", hatch="xx", linewidth=0)
+    axes[0].set_ylabel("relative offset")
+    fig.colorbar(im, ax=axes.tolist(), shrink=0.8)
+    return fig
