@@ -13,6 +13,8 @@ from nbclient import NotebookClient
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+SERIES = ["01_sam_anatomy", "02_importance", "03_step1_embedding_pruning", "04_step2_bottleneck_pruning",
+          "05_compare_and_export"]
 
 
 def figures_per_section(notebook) -> dict[str, int]:
@@ -28,6 +30,10 @@ def figures_per_section(notebook) -> dict[str, int]:
         elif cell.cell_type == "code" and section is not None:
             counts[section] += sum("image/png" in output.get("data", {}) for output in cell.get("outputs", []))
     return counts
+
+
+def test_the_series_is_complete():
+    assert [path.stem for path in NOTEBOOKS] == SERIES
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
