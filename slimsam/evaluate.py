@@ -50,7 +50,8 @@ def mask_logits(model: SamModel, processor: SamProcessor, sample: dict, image_em
         prompts = dict(input_boxes=sample["input_boxes"][select].to(device, dtype)[None])
     else:
         raise ValueError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
-    low_res = model(image_embeddings=image_embeddings, multimask_output=False, **prompts).pred_masks[0]  # (n, 1, s', s')
+    # (n, 1, s', s') logits over the padded input, s' = S / 4
+    low_res = model(image_embeddings=image_embeddings, multimask_output=False, **prompts).pred_masks[0]
     upscaled = processor.post_process_masks([low_res], [sample["original_size"]], [sample["reshaped_size"]],
                                             binarize=False)[0]
     return upscaled[:, 0]

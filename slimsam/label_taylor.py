@@ -19,7 +19,8 @@ FOCAL_WEIGHT = 20.0  # SAM: "a linear combination of focal loss and dice loss in
 MAX_MASKS_PER_IMAGE = 16
 
 
-def focal_dice_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
+def focal_dice_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25,
+                    gamma: float = 2.0) -> torch.Tensor:
     """Scalar SAM mask loss, averaged over masks: 20 * sigmoid focal loss (pixel mean) + soft dice loss.
 
     logits: (n, H, W) mask logits; target: (n, H, W) bool ground truth.

@@ -12,11 +12,14 @@ from slimsam.evaluate import PROMPTS, evaluate
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("eval", help="mIoU on SA-1B images (one point or box prompt per annotation)")
     parser.add_argument("model", help="alias, Hub id or local folder")
-    parser.add_argument("--data", required=True, help="folder of SA-1B images with their sa_<n>.json annotations")
+    parser.add_argument("--data", required=True, metavar="DIR",
+                        help="folder of SA-1B images with their sa_<n>.json annotations")
     parser.add_argument("--prompt", choices=PROMPTS, default="point",
                         help="point: each annotation's point_coords (the paper's protocol); box: its bbox")
-    parser.add_argument("--limit", type=positive_int, help="evaluate only the first N images (sorted by name)")
-    parser.add_argument("--teacher", help="a second model evaluated on the same images, printed alongside")
+    parser.add_argument("--limit", type=positive_int, metavar="N",
+                        help="evaluate only the first N images (sorted by name)")
+    parser.add_argument("--teacher", metavar="MODEL",
+                        help="a second model evaluated on the same images, printed alongside")
     add_device(parser)
     parser.set_defaults(run=run)
 
