@@ -192,11 +192,6 @@ def _plot_curves(run_dir: Path, rows: list[dict]) -> None:
 
 # ---- validation ----------------------------------------------------------------------------------------
 
-def _image_loader(paths: list[Path], processor: SamProcessor, batch_size: int, num_workers: int) -> DataLoader:
-    return DataLoader(ImageDataset(paths, processor), batch_size=batch_size, collate_fn=collate_pixels,
-                      num_workers=num_workers)
-
-
 @torch.no_grad()
 def embedding_mse(student: SamModel, teacher: SamModel, paths: list[Path], processor: SamProcessor,
                   batch_size: int = 1, num_workers: int = 0) -> float:
@@ -205,7 +200,9 @@ def embedding_mse(student: SamModel, teacher: SamModel, paths: list[Path], proce
     was_training = student.vision_encoder.training
     student.vision_encoder.eval()
     total, count = 0.0, 0
-    for pixels, _ in _image_loader(paths, processor, batch_size, num_workers):
+    loader = DataLoader(ImageDataset(paths, processor), batch_size=batch_size, collate_fn=collate_pixels,
+                        num_workers=num_workers)
+    for pixels, _ in loader:
         if pixels is None:
             continue
         pixels = pixels.to(device)
@@ -315,17 +312,21 @@ def distill(student: SamModel, processor: SamProcessor, teacher: SamModel, train
     if checkpoint_file.exists() and not resume:
         raise FileExistsError(f"{run_dir} already holds a training run (pass --resume to continue it, "
                               f"or choose another output folder)")
+    device = torch.device(config.device)
+    saved = torch.load(checkpoint_file, map_location=device, weights_only=False) \
+        if checkpoint_file.exists() else None  # a file this trainer wrote, with RNG states that are not tensors
+    if saved is not None:
+        _check_resumable(saved["config"], config)
     if model_dir.exists():
-        if not resume:
-            raise FileExistsError(f"{model_dir} already exists (pass --resume to reuse the finished run)")
+        if saved is None:
+            raise FileExistsError(f"{model_dir} already exists and is not from a run of these settings")
         log.info("%s is finished; using its model", run_dir)
         return model_dir
 
-    device = torch.device(config.device)
     processes = world_size()
     if config.batch_size % (config.micro_batch * processes):
         raise SettingsError(f"batch size {config.batch_size} is not a multiple of micro batch {config.micro_batch} x "
-                         f"{processes} processes")
+                            f"{processes} processes")
     accumulation = config.batch_size // (config.micro_batch * processes)
 
     for target in (teacher, step1_model):
@@ -341,9 +342,7 @@ def distill(student: SamModel, processor: SamProcessor, teacher: SamModel, train
         patience=config.lr_patience)
     progress = Progress()
     best_encoder = None
-    if checkpoint_file.exists():
-        saved = torch.load(checkpoint_file, map_location=device, weights_only=False)  # written by this run
-        _check_resumable(saved["config"], config)
+    if saved is not None:
         encoder.load_state_dict(saved["encoder"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
