@@ -29,8 +29,9 @@ from slimsam.checkpoints import export_model, load_model, read_history, resolve,
 from slimsam.data import find_images, train_val_split
 from slimsam.images import SkipCounter, iter_pixel_values
 from slimsam.pruning import prune
-from slimsam.train import SettingsError, TrainConfig, barrier, broadcast_from_main, distill, embedding_mse, \
-    is_main, remove_stale_temporaries, write_json_atomically
+from slimsam.distributed import barrier, broadcast_from_main, is_main
+from slimsam.train import SettingsError, TrainConfig, distill, embedding_mse, remove_stale_temporaries, \
+    write_json_atomically
 
 log = logging.getLogger(__name__)
 

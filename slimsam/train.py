@@ -33,7 +33,6 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from matplotlib.figure import Figure
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
@@ -42,6 +41,7 @@ from transformers import SamModel, SamProcessor
 
 from slimsam.checkpoints import save_model
 from slimsam.data import ImageDataset, collate_pixels
+from slimsam.distributed import barrier, broadcast_from_main, is_main, rank, world_size
 from slimsam.evaluate import evaluate
 from slimsam.features import encode
 from slimsam.losses import ALPHA_EPOCHS, BOTTLENECK_ALPHA, alpha_schedule, bottleneck_aligning_loss, \
@@ -96,47 +96,6 @@ class Progress:
     best_value: float | None = None
     rows: list[dict] = field(default_factory=list)  # metric rows, as in metrics.jsonl
     skipped: int = 0  # unreadable training images met so far
-
-
-# ---- distributed ---------------------------------------------------------------------------------------
-
-def init_distributed(device: str) -> torch.device:
-    """Join the process group when started by torchrun (WORLD_SIZE > 1); returns this process's device.
-
-    gloo on CPU, nccl on CUDA (one GPU per process, chosen by LOCAL_RANK). A no-op for a single process.
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    if device.startswith("cuda") and dist.is_initialized():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device(device)
-
-
-def rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def is_main() -> bool:
-    return rank() == 0
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def broadcast_from_main(value):
-    """rank 0's `value` on every process (any picklable object)."""
-    if not dist.is_initialized():
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 # ---- files ---------------------------------------------------------------------------------------------
@@ -291,7 +250,7 @@ def _check_resumable(saved: dict, config: TrainConfig) -> None:
     if changed:
         details = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
         raise SettingsError(f"cannot resume: the run was started with other settings ({details}); "
-                         f"use the original settings or another output folder")
+                            f"use the original settings or another output folder")
 
 
 def distill(student: SamModel, processor: SamProcessor, teacher: SamModel, train_paths: list[Path],

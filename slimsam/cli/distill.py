@@ -10,7 +10,8 @@ from pathlib import Path
 from slimsam.checkpoints import load_model, read_history
 from slimsam.cli.args import add_device, positive_int
 from slimsam.data import find_images, train_val_split
-from slimsam.train import SettingsError, TrainConfig, distill, init_distributed
+from slimsam.distributed import init_distributed
+from slimsam.train import SettingsError, TrainConfig, distill
 
 
 def add_training_args(parser: argparse.ArgumentParser) -> None:

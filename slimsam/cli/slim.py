@@ -10,7 +10,8 @@ from pathlib import Path
 from slimsam.cli.args import positive_int, ratio
 from slimsam.cli.distill import add_training_args
 from slimsam.slim import EMBEDDING_ALIGNING, FINAL, SlimSettings, slim
-from slimsam.train import SettingsError, init_distributed, is_main
+from slimsam.distributed import init_distributed, is_main
+from slimsam.train import SettingsError
 
 
 def add_parser(subparsers) -> None:
