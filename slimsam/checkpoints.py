@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from transformers import SamConfig, SamModel, SamProcessor
 
 from slimsam.configs import processor_for
+from slimsam.fast_attention import enable_fast_attention
 from slimsam.structure import EncoderDims, empty_model, read_dims
 
 ALIASES = {
@@ -59,12 +60,14 @@ def _looks_like_path(name: str) -> bool:
 
 
 def load_model(name_or_path: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-               attn_implementation: str = "sdpa") -> tuple[SamModel, SamProcessor]:
+               attn_implementation: str = "sdpa", fast: bool = True) -> tuple[SamModel, SamProcessor]:
     """Load a SAM (original or pruned) and its processor, in eval mode.
 
     name_or_path: an alias (sam-b, sam-l, sam-h, slimsam-50, slimsam-77), a Hub id, or a local folder
     (plain SamModel or this project's pruned format). Never falls back to random weights: raises
     WeightsNotFoundError (or FileNotFoundError for a missing folder) instead.
+    fast: with the default "sdpa" attention, swap in the exact, faster encoder attention of
+    slimsam.fast_attention (same parameters and outputs; "eager" keeps the stock one for attention maps).
     """
     model_id = resolve(name_or_path)
     path = Path(model_id).expanduser()
@@ -80,6 +83,8 @@ def load_model(name_or_path: str, device: str | torch.device = "cpu", dtype: tor
         except (OSError, ValueError) as error:
             raise WeightsNotFoundError(_missing_weights_message(model_id, error)) from error
     model.to(device=device, dtype=dtype).eval()
+    if fast and attn_implementation == "sdpa":
+        enable_fast_attention(model)
     model.name_or_path = model_id
     return model, processor
 
