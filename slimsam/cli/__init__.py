@@ -9,10 +9,10 @@ import logging
 import sys
 
 from slimsam.checkpoints import NotUniformError, WeightsNotFoundError
-from slimsam.cli import distill, eval as eval_command, export, info, prune, slim
+from slimsam.cli import bench, distill, eval as eval_command, export, info, prune, slim
 from slimsam.images import ImageFolderError
 
-SUBCOMMANDS = (prune, export, info, eval_command, distill, slim)
+SUBCOMMANDS = (prune, export, info, eval_command, distill, slim, bench)
 
 
 class CliError(Exception):

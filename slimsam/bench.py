@@ -1,0 +1,361 @@
+"""Speed benchmarks of SAM image encoders and mask decoders, measured as ratios within one run.
+
+For each model: encoder latency at batch 1 (median and spread over repeated runs after warm-up),
+encoder throughput at a larger batch, decode latency per click with a cached image embedding (through
+`SamPredictor.predict`), peak memory, parameters and MACs. `benchmark_models` runs every model in one
+process, so the ratios to the reference model are taken on the same machine under the same load.
+
+Timing does not depend on weight values, so real-size random-weight models (`random_model("sam-h")`)
+stand in for checkpoints that are not downloaded.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import SamModel, SamProcessor
+
+from slimsam.checkpoints import load_model
+from slimsam.configs import CONFIG_NAMES, processor_for, sam_config, tiny_config
+from slimsam.fast_attention import enable_fast_attention
+from slimsam.predictor import SamPredictor
+from slimsam.stats import count_parameters, encoder_macs
+from slimsam.structure import empty_model
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Real-size architectures plus "tiny" (a 64-px test model: seconds for the whole benchmark).
+RANDOM_CONFIGS = (*CONFIG_NAMES, "tiny")
+ATTENTIONS = ("fast", "stock")
+
+
+@dataclass
+class BenchSettings:
+    device: str = "cpu"
+    dtype: str = "fp32"
+    warmup: int = 1
+    repeats: int = 5
+    batch: int = 8  # throughput batch; 0 skips the throughput measurement
+    decode_repeats: int = 20  # 0 skips the decode measurement
+    seed: int = 0
+
+
+@dataclass
+class ModelResult:
+    """One row of the benchmark: times in milliseconds, memory in MiB, MACs of one 1024x1024 encoder pass."""
+
+    name: str
+    attention: str  # "fast" (slimsam.fast_attention) or "stock" (transformers' SDPA attention)
+    params: int  # whole SamModel
+    encoder_params: int
+    macs: int  # encoder Linear + conv MACs (the SlimSAM paper's convention)
+    macs_with_attention: int
+    encoder_ms_median: float
+    encoder_ms_min: float
+    encoder_ms_max: float
+    encoder_ms_runs: list[float]
+    peak_memory_mb: float
+    throughput_images_per_s: float | None = None
+    decode_ms_median: float | None = None
+    decode_ms_min: float | None = None
+    decode_ms_max: float | None = None
+    max_abs_diff_vs_stock: float | None = None  # fast entries, when the stock one is measured too
+    speedup_vs_reference: float | None = None  # reference encoder ms / this encoder ms
+    macs_ratio_vs_reference: float | None = None  # reference MACs / these MACs
+    extra: dict = field(default_factory=dict)
+
+
+def random_model(name: str, device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+                 ) -> tuple[SamModel, SamProcessor]:
+    """A real-size SAM of a named architecture (RANDOM_CONFIGS) with random weights, built directly on `device`.
+
+    Weights ~ N(0, 0.02), LayerNorm scales 1, biases 0: finite, ordinary values (uninitialised memory could
+    hold NaNs or denormals, which time differently).
+    """
+    if name not in RANDOM_CONFIGS:
+        raise ValueError(f"no random-weight config {name!r}; choose one of {', '.join(RANDOM_CONFIGS)}")
+    config = tiny_config() if name == "tiny" else sam_config(name)
+    model = empty_model(config).to_empty(device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for param_name, param in model.named_parameters():
+            if param.dim() > 1 or "rel_pos" in param_name:
+                param.normal_(0.0, 0.02, generator=generator)
+            else:
+                param.fill_(1.0 if "norm" in param_name else 0.0)
+    model.name_or_path = name
+    return model.to(dtype).eval(), processor_for(config)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(function: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> list[float]:
+    """Milliseconds of each of `repeats` calls after `warmup` untimed ones (GPU work waited for)."""
+    for _ in range(warmup):
+        function()
+    _synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        _synchronize(device)
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory_mb(function: Callable[[], object], device: torch.device) -> float:
+    """Extra memory one call needs at its peak, in MiB.
+
+    CUDA: peak bytes allocated by torch during the call, above what was allocated before it.
+    CPU: peak growth of the process's resident memory, sampled every millisecond (Linux /proc).
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        function()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20
+    before = peak = _rss_bytes()
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.001):
+            peak = max(peak, _rss_bytes())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        function()
+    finally:
+        done.set()
+        sampler.join()
+    return (max(peak, _rss_bytes()) - before) / 2 ** 20
+
+
+def time_decode(model: SamModel, processor: SamProcessor, repeats: int, seed: int = 0) -> list[float]:
+    """Milliseconds per click: `SamPredictor.predict` with one point, the image embedding already cached.
+
+    Each click is at a new random position (masks at the image's 1024x1024 size, 3 per click).
+    """
+    size = model.config.vision_config.image_size
+    rng = np.random.default_rng(seed)
+    predictor = SamPredictor(model, processor)
+    predictor.set_image(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+    clicks = iter(rng.uniform(0, size, (repeats + 3, 1, 2)))
+    return time_calls(lambda: predictor.predict(points=next(clicks)), predictor.device, warmup=3, repeats=repeats)
+
+
+def benchmark_model(name: str, model: SamModel, processor: SamProcessor, attention: str,
+                    settings: BenchSettings) -> tuple[ModelResult, torch.Tensor]:
+    """Measure one model as it is (its attention modules already chosen); returns the row and its embedding."""
+    device = next(model.parameters()).device
+    dtype = DTYPES[settings.dtype]
+    size = model.config.vision_config.image_size
+    generator = torch.Generator().manual_seed(settings.seed)
+    pixels = torch.randn(max(settings.batch, 1), 3, size, size, generator=generator).to(device, dtype)
+    encoder = model.vision_encoder
+    with torch.inference_mode():
+        one = pixels[:1]
+        runs = time_calls(lambda: encoder(one), device, settings.warmup, settings.repeats)
+        embedding = encoder(one).last_hidden_state.float()
+        memory = peak_memory_mb(lambda: encoder(one), device)
+        throughput = None
+        if settings.batch:
+            batch_runs = time_calls(lambda: encoder(pixels), device, warmup=0, repeats=1)
+            throughput = settings.batch / (batch_runs[0] / 1000)
+    params, macs = count_parameters(model), encoder_macs(model)
+    result = ModelResult(name=name, attention=attention, params=params["total"], encoder_params=params["encoder"],
+                         macs=macs["linear_conv"], macs_with_attention=macs["total"],
+                         encoder_ms_median=statistics.median(runs), encoder_ms_min=min(runs),
+                         encoder_ms_max=max(runs), encoder_ms_runs=runs, peak_memory_mb=memory,
+                         throughput_images_per_s=throughput)
+    if settings.decode_repeats:
+        decode = time_decode(model, processor, settings.decode_repeats, settings.seed)
+        result.decode_ms_median, result.decode_ms_min, result.decode_ms_max = \
+            statistics.median(decode), min(decode), max(decode)
+    return result, embedding
+
+
+def benchmark_models(names: list[str], settings: BenchSettings, random_weights: bool = False,
+                     attentions: tuple[str, ...] = ("fast",), reference: str | None = None,
+                     log: Callable[[str], None] = print) -> list[ModelResult]:
+    """Benchmark each model with each attention, one model in memory at a time; fill in the ratios.
+
+    names: aliases, Hub ids or folders, or with random_weights names from RANDOM_CONFIGS.
+    reference: the model the ratios are to (default: sam-h when benchmarked, else the first name),
+    its first attention variant. With both attentions, each fast row records its max abs difference
+    from the stock row's image embedding (same weights, same input).
+    """
+    device, dtype = torch.device(settings.device), DTYPES[settings.dtype]
+    results = []
+    for name in names:
+        if random_weights:
+            model, processor = random_model(name, settings.device, dtype, settings.seed)
+        else:
+            model, processor = load_model(name, device=settings.device, dtype=dtype, fast=False)
+        stock_embedding = None
+        for attention in sorted(attentions, key=ATTENTIONS.index, reverse=True):  # stock first: it is unmodified
+            if attention == "fast":
+                enable_fast_attention(model)
+            log(f"{name} ({attention} attention, {settings.device}, {settings.dtype})...")
+            result, embedding = benchmark_model(name, model, processor, attention, settings)
+            if attention == "stock":
+                stock_embedding = embedding
+            elif stock_embedding is not None:
+                result.max_abs_diff_vs_stock = (embedding - stock_embedding).abs().max().item()
+                result.extra["stock_embedding_max_abs"] = stock_embedding.abs().max().item()
+            log(f"  encoder {result.encoder_ms_median:.1f} ms median")
+            results.append(result)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    reference = reference or ("sam-h" if "sam-h" in names else names[0])
+    base = next((r for r in results if r.name == reference), None)
+    if base is None:
+        raise ValueError(f"reference {reference!r} is not among the benchmarked models {names}")
+    for result in results:
+        result.speedup_vs_reference = base.encoder_ms_median / result.encoder_ms_median
+        result.macs_ratio_vs_reference = base.macs / result.macs
+    return results
+
+
+def machine_description(device: str) -> dict:
+    """What the numbers were measured on."""
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_average": os.getloadavg()}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
+def markdown_table(results: list[ModelResult], reference: str) -> str:
+    """One row per (model, attention); ratios are to `reference`."""
+    lines = [f"| model | attention | params | encoder MACs | encoder ms (median, min-max) | speed-up vs {reference} "
+             f"| MACs ratio vs {reference} | images/s (batch) | decode ms/click (median) | peak MiB "
+             f"| max abs diff vs stock |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        diff = "-" if r.max_abs_diff_vs_stock is None else f"{r.max_abs_diff_vs_stock:.1e}"
+        throughput = "-" if r.throughput_images_per_s is None else f"{r.throughput_images_per_s:.3g}"
+        lines.append(f"| {r.name} | {r.attention} | {r.params / 1e6:.2f}M | {r.macs / 1e9:.1f}G "
+                     f"| {_ms(r.encoder_ms_median)} ({_ms(r.encoder_ms_min)}-{_ms(r.encoder_ms_max)}) "
+                     f"| {r.speedup_vs_reference:.2f}x | {r.macs_ratio_vs_reference:.1f}x | {throughput} "
+                     f"| {_ms(r.decode_ms_median)} | {r.peak_memory_mb:,.0f} | {diff} |")
+    return "\n".join(lines)
+
+
+def write_json(results: list[ModelResult], path: str | Path, settings: BenchSettings, reference: str,
+               command: str) -> None:
+    """{"machine", "settings", "command", "reference", "models": [one object per (model, attention)]}."""
+    data = {"machine": machine_description(settings.device), "settings": asdict(settings), "command": command,
+            "reference": reference, "models": [asdict(r) for r in results]}
+    Path(path).write_text(json.dumps(data, indent=2))
+
+
+def plot_chart(results: list[ModelResult], path: str | Path, title: str) -> None:
+    """Encoder latency against parameters, both on log scales; one marker per (model, attention)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for attention, marker in zip(ATTENTIONS, ("o", "s")):
+        rows = [r for r in results if r.attention == attention]
+        if rows:
+            axes.scatter([r.params for r in rows], [r.encoder_ms_median for r in rows], marker=marker,
+                         label=f"{attention} attention")
+            for r in rows:
+                axes.annotate(r.name, (r.params, r.encoder_ms_median), textcoords="offset points", xytext=(5, 3),
+                              fontsize=8)
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("parameters (whole SamModel)")
+    axes.set_ylabel("encoder latency, batch 1 (ms, median)")
+    axes.set_title(title)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def profile_encoder(model: SamModel, pixel_values: torch.Tensor) -> dict[str, float]:
+    """Milliseconds of one encoder forward by kind of work (CPU self time of each aten op, summed).
+
+    Kinds: "Linear and conv", "attention kernel" (SDPA, or the eager path's softmax and batched matmuls),
+    "rel-pos bias" (the einsums and the additions that build the bias; the residual additions, under 1%
+    for SAM's shapes, land here too), "copies" (reshapes into contiguous memory, padding, concatenation),
+    "layer norms", "other".
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    kinds = {"aten::addmm": "Linear and conv", "aten::mm": "Linear and conv",
+             "aten::mkldnn_convolution": "Linear and conv", "aten::_slow_conv2d_forward": "Linear and conv",
+             "aten::convolution": "Linear and conv",
+             "aten::bmm": "attention kernel", "aten::_softmax": "attention kernel",
+             "aten::add": "rel-pos bias", "aten::add_": "rel-pos bias",
+             "aten::copy_": "copies", "aten::cat": "copies", "aten::constant_pad_nd": "copies",
+             "aten::fill_": "copies", "aten::clone": "copies",
+             "aten::native_layer_norm": "layer norms"}
+    encoder = model.vision_encoder
+    with torch.inference_mode():
+        encoder(pixel_values)
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            encoder(pixel_values)
+    totals: dict[str, float] = {}
+    for event in profiler.key_averages():
+        if "scaled_dot_product" in event.key and "attention_math" not in event.key:
+            kind = "attention kernel"
+        else:
+            kind = kinds.get(event.key, "other")
+        totals[kind] = totals.get(kind, 0.0) + event.self_cpu_time_total / 1000
+    return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+
+def profile_table(profiles: dict[str, dict[str, float]]) -> str:
+    """Markdown: one column per profiled variant, ms and share of its total."""
+    kinds = list(next(iter(profiles.values())))
+    for totals in profiles.values():
+        kinds += [k for k in totals if k not in kinds]
+    lines = ["| work | " + " | ".join(profiles) + " |", "|---|" + "---|" * len(profiles)]
+    for kind in kinds:
+        cells = []
+        for totals in profiles.values():
+            ms, total = totals.get(kind, 0.0), sum(totals.values())
+            cells.append(f"{ms:,.0f} ms ({100 * ms / total:.0f}%)")
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    lines.append("| total | " + " | ".join(f"{sum(t.values()):,.0f} ms" for t in profiles.values()) + " |")
+    return "\n".join(lines)
+
+
+def stock_and_fast_profiles(model: SamModel, pixel_values: torch.Tensor) -> dict[str, dict[str, float]]:
+    """profile_encoder of the model with transformers' attention, then with the fast one (on a copy)."""
+    fast = copy.deepcopy(model)
+    enable_fast_attention(fast)
+    return {"stock attention": profile_encoder(model, pixel_values),
+            "fast attention": profile_encoder(fast, pixel_values)}

@@ -1,0 +1,67 @@
+"""`slimsam bench MODEL... [--random-weights] [--device] [--dtype] [--json PATH]`: encoder and decoder speed."""
+from __future__ import annotations
+
+import shlex
+import sys
+
+import torch
+
+from slimsam.bench import (ATTENTIONS, DTYPES, RANDOM_CONFIGS, BenchSettings, benchmark_models, markdown_table,
+                           plot_chart, write_json)
+from slimsam.cli.args import add_device, positive_int
+
+
+def non_negative_int(text: str) -> int:
+    return 0 if text == "0" else positive_int(text)
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="encoder latency/throughput, decode latency, memory, params, MACs")
+    parser.add_argument("models", nargs="+", metavar="MODEL", help="aliases, Hub ids or local folders")
+    parser.add_argument("--random-weights", action="store_true",
+                        help=f"real-size architectures with random weights, no download ({', '.join(RANDOM_CONFIGS)})")
+    add_device(parser)
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32")
+    parser.add_argument("--attention", choices=(*ATTENTIONS, "both"), default="fast",
+                        help="fast: slimsam.fast_attention (default, as load_model gives); stock: transformers' "
+                             "SDPA attention; both: each model twice, fast checked against stock")
+    parser.add_argument("--reference", help="model the ratios are to (default: sam-h if benchmarked, else the first)")
+    parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed encoder runs first (default 1)")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed batch-1 encoder runs (default 5)")
+    parser.add_argument("--batch", type=non_negative_int, default=8,
+                        help="batch size of the throughput run (default 8; 0 skips it)")
+    parser.add_argument("--decode-repeats", type=non_negative_int, default=20,
+                        help="timed clicks with a cached embedding (default 20; 0 skips decoding)")
+    parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--markdown", metavar="PATH", help="also write the markdown table to a file")
+    parser.add_argument("--chart", metavar="PNG", help="plot encoder latency against parameters (log-log)")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> None:
+    from slimsam.cli import CliError
+    if args.random_weights and (unknown := [m for m in args.models if m not in RANDOM_CONFIGS]):
+        raise CliError(f"--random-weights needs names from {', '.join(RANDOM_CONFIGS)}, got {', '.join(unknown)}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise CliError("--device cuda, but torch sees no CUDA GPU")
+    if args.reference and args.reference not in args.models:
+        raise CliError(f"--reference {args.reference!r} must be one of the benchmarked models")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = BenchSettings(device=args.device, dtype=args.dtype, warmup=args.warmup, repeats=args.repeats,
+                             batch=args.batch, decode_repeats=args.decode_repeats)
+    attentions = ATTENTIONS if args.attention == "both" else (args.attention,)
+    reference = args.reference or ("sam-h" if "sam-h" in args.models else args.models[0])
+    log = lambda message: print(message, file=sys.stderr)  # noqa: E731  (the table alone goes to stdout)
+    results = benchmark_models(args.models, settings, args.random_weights, attentions, reference, log)
+    table = markdown_table(results, reference)
+    print(table)
+    command = "slimsam bench " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else args.models)
+    if args.json:
+        write_json(results, args.json, settings, reference, command)
+    if args.markdown:
+        with open(args.markdown, "w") as file:
+            file.write(table + "\n")
+    if args.chart:
+        plot_chart(results, args.chart, f"SAM image encoders, {args.device} {args.dtype}, batch 1")
