@@ -57,10 +57,13 @@ def load_photo(session: Session, path: str | None) -> tuple[np.ndarray, str]:
         image = np.asarray(open_rgb(path, max_side=MAX_WORKING_SIDE))
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         fail(f"Cannot read {name}: it is not an image or it is damaged ({error.__cause__ or error}).")
+    width, height = full_size
+    if (image.shape[1] > image.shape[0]) != (width > height):  # EXIF said rotate by 90 degrees
+        width, height = height, width
     session.image, session.image_id, session.image_name = image, image_hash(image), name
-    downscaled = max(full_size) > max(image.shape[:2])
-    session.image_note = (f" (downscaled from {full_size[0]}x{full_size[1]}: the models see 1024 px anyway)"
-                          if downscaled else "")
+    session.original_size = (width, height)
+    session.image_note = (f" (downscaled from {width}x{height}: the models see 1024 px anyway)"
+                          if width > image.shape[1] else "")
     session.prompts = session.prompts.cleared()
     session.results.clear()
     return show_prompts(session)
@@ -245,12 +248,19 @@ def segment(ctx: AppContext, path: str | None, points_json: str, box_json: str, 
     """The public `segment` endpoint: one photo and JSON prompts in; both panes' overlays and a JSON report out."""
     load_photo(session, path)
     height, width = session.image.shape[:2]
-    try:
-        prompts, notes = parse_json_prompts(points_json, box_json, (width, height))
+    try:  # prompts are in the uploaded photo's pixels
+        prompts, notes = parse_json_prompts(points_json, box_json, session.original_size)
     except PromptError as error:
         fail(str(error))
+    scale = width / session.original_size[0]
+    if scale != 1:
+        prompts = prompts.scaled(scale)
+        notes.append(f"the photo was downscaled to {width}x{height} for the models: prompts scaled by {scale:.4f}, "
+                     f"overlays and mask areas are at that size")
     session.prompts = replace(prompts, version=session.prompts.version + 1)
-    report = {"image": {"name": session.image_name, "width": width, "height": height}, "notes": notes}
+    report = {"image": {"name": session.image_name, "width": session.original_size[0],
+                        "height": session.original_size[1], "working_width": width, "working_height": height},
+              "notes": notes}
     overlays = []
     for side in SIDES:
         label = session.models.get(side, ctx.defaults[side])

@@ -59,6 +59,11 @@ class Prompts:
     def cleared(self) -> Prompts:
         return Prompts(version=self.version + 1)
 
+    def scaled(self, factor: float) -> Prompts:
+        """The same prompts on the photo resized by `factor` (e.g. from the uploaded photo to its working copy)."""
+        return replace(self, points=tuple((x * factor, y * factor, label) for x, y, label in self.points),
+                       box=tuple(v * factor for v in self.box) if self.box else None)
+
     def as_arrays(self) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
         """(points (N, 2) xy px, labels (N,), box (4,) xyxy px); None for what is absent."""
         if not self.points:

@@ -43,9 +43,9 @@ class Pane:
 def build_pane(side: str, store: ModelStore, model: str) -> Pane:
     with gr.Column(elem_id=f"{side}-pane"):
         dropdown = gr.Dropdown(store.labels, value=model, label=f"{side.title()} model", elem_id=f"{side}-model")
+        text = gr.Markdown(elem_id=f"{side}-text")  # above the image: timings and errors stay in view
         overlay = gr.Image(label=f"{side.title()} mask", interactive=False, height=440, elem_id=f"{side}-overlay")
         candidates = gr.Radio([], label="Candidates (multimask output)", visible=False, elem_id=f"{side}-candidates")
-        text = gr.Markdown(elem_id=f"{side}-text")
         download = gr.DownloadButton("Download mask (PNG)", interactive=False, elem_id=f"{side}-download")
     return Pane(side, dropdown, overlay, candidates, text, download)
 
