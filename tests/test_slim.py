@@ -54,19 +54,20 @@ def uninterrupted(inputs, tmp_path_factory):
 def killed_and_rerun(inputs, tmp_path_factory):
     """The same command, SIGKILLed as soon as the step-1 distillation has a checkpoint, then run again."""
     out = tmp_path_factory.mktemp("killed") / "out"
-    process = subprocess.Popen(slim_command(inputs, out), env=ENV, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    log = out.with_name("killed_run.log")
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(slim_command(inputs, out), env=ENV, stdout=subprocess.DEVNULL, stderr=stderr)
     deadline = time.monotonic() + 120
     while not (out / BOTTLENECK_ALIGNING / CHECKPOINT_FILE).exists() and process.poll() is None \
             and time.monotonic() < deadline:
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert process.returncode == -signal.SIGKILL  # it was killed, not finished
+    assert process.returncode == -signal.SIGKILL, log.read_text()[-2000:]  # it was killed, not finished
     assert not (out / BOTTLENECK_ALIGNING / "model").exists()
     rerun = run(slim_command(inputs, out))
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert "resuming" in rerun.stderr
+    assert "resuming" in rerun.stderr, rerun.stderr[-2000:]
     return out
 
 
