@@ -256,7 +256,7 @@ def test_two_process_ddp_matches_one_process(tmp_path, images, embedding_pruned)
     train, val = images
     teacher, folder = embedding_pruned
     teacher_dir = save_model(teacher, processor_for(teacher.config), tmp_path / "teacher")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29581",
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "--no-python", SLIMSAM, "distill", str(folder), "--teacher", str(teacher_dir), "--step", "1",
                 "--train", str(train), "--val", str(val), "--epochs", "1", "--lr", "1e-3", "--num-workers", "0",
                 "--device", "cpu", "--out", str(tmp_path / "ddp")]
