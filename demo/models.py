@@ -67,9 +67,10 @@ class ModelStore:
         """The loaded model for a menu label; raises ModelLoadError with a user-facing message."""
         if label not in self.sources:
             raise ModelLoadError(f"unknown model {label!r}; choose one of {', '.join(self.sources)}")
-        with self._loading:  # also makes two sessions asking at once load it once
-            if label not in self._loaded:
-                self._loaded[label] = self._load(label)
+        if label not in self._loaded:  # loaded models never wait for another model's load
+            with self._loading:  # also makes two sessions asking at once load it once
+                if label not in self._loaded:
+                    self._loaded[label] = self._load(label)
         loaded = self._loaded[label]
         if isinstance(loaded, ModelLoadError):
             raise loaded

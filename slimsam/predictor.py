@@ -59,9 +59,6 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __contains__(self, key: tuple[str, str]) -> bool:
-        return key in self._entries
-
     def __deepcopy__(self, memo) -> "EmbeddingCache":
         return EmbeddingCache(self.capacity)
 

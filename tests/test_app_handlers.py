@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -258,6 +259,25 @@ def test_huge_photo_is_downscaled_without_loading_it_whole(tmp_path):
     assert shape == "(1536, 2048, 3)"
     assert "downscaled from 12000x9000" in status
     assert int(grown_mb) < 200  # MB of extra peak memory; the full image alone would be 324 MB
+
+
+def test_models_requested_at_once_by_both_panes_load_correctly(tmp_path):
+    store = ModelStore({"A": str(save_tiny_model(tmp_path / "a", seed=0)), "B": str(save_tiny_model(tmp_path / "b", seed=1))},
+                       device="cpu")
+    loaded, errors = {}, []
+
+    def load(label):
+        try:
+            loaded[label] = store.get(label)
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+    threads = [threading.Thread(target=load, args=(label,)) for label in ("A", "B", "A")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert not any(p.is_meta for model in loaded.values() for p in model.model.parameters())
 
 
 def test_menu_offers_the_five_models_and_local_folders(tmp_path):
