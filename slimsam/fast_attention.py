@@ -8,14 +8,14 @@ with rel_h[q, :] = q . Rh[qh - :] of shape (tokens, h) and rel_w likewise (token
 key k's row and column. Stock transformers builds the full (batch, heads, N, N) bias and hands it to
 SDPA: for a global block (N = 64*64 = 4096) that is 800 MB per image written, reshaped and read back,
 and it costs a pruned model as much as an unpruned one (it scales with heads * N^2, not with widths).
-Two exact ways around it, picked per call:
+Two exact ways around it:
 
-- **fold** (windowed blocks, and every block on GPU): append the bias to the dot product,
-  q' = [scale*q, rel_h, rel_w] and k' = [k, onehot(kh), onehot(kw)], so q'.k' is the biased logit and
-  SDPA (scale 1) runs its fused kernel with no mask. It costs (h + w) extra multiply-adds per logit:
-  negligible for 14x14 windows and on a GPU, too much for 64x64 global blocks on a CPU.
-- **row chunks** (global blocks on CPU): run SDPA on a few query rows at a time with only that
-  chunk's bias, small enough to stay in cache instead of going through main memory.
+- **fold** (default on GPU): append the bias to the dot product, q' = [scale*q, rel_h, rel_w] and
+  k' = [k, onehot(kh), onehot(kw)], so q'.k' is the biased logit and SDPA (scale 1) runs its fused
+  kernel with no mask at all. It costs (h + w) extra multiply-adds per logit (128 in a global block):
+  cheap on a GPU, where memory traffic is what counts, but 3-5x the attention work on a CPU.
+- **row chunks** (default on CPU): run SDPA on a few query rows at a time with only that chunk's
+  bias, small enough to stay in cache instead of going through main memory.
 
 `enable_fast_attention(model)` swaps each encoder block's attention module for `FastVisionAttention`,
 which owns the very same parameters (state dict, pruning groups and training are unaffected).
@@ -28,9 +28,6 @@ from torch import nn
 from transformers import SamModel
 from transformers.models.sam.modeling_sam import SamVisionAttention
 
-# Fold on CPU only up to this many tokens per window (14x14 windows: 196): above it the extra
-# (h + w) multiply-adds per logit cost more than the bias they save.
-CPU_FOLD_MAX_TOKENS = 1024
 # Row chunks: bias elements per SDPA call (16 MB in fp32), few enough to stay in cache.
 CHUNK_BIAS_ELEMENTS = 1 << 22
 
@@ -40,10 +37,12 @@ class FastVisionAttention(SamVisionAttention):
 
     Takes over `stock`'s parameters (qkv, proj, rel_pos_h, rel_pos_w: same names, same tensors) and its
     `scale`; returns (output, None) like the SDPA version (no attention weights).
+    fold: True folds the bias into q.k, False uses row chunks, None (default) folds on GPU only.
     """
 
-    def __init__(self, stock: SamVisionAttention):
+    def __init__(self, stock: SamVisionAttention, fold: bool | None = None):
         nn.Module.__init__(self)
+        self.fold = fold
         self.num_attention_heads = stock.num_attention_heads
         self.scale = stock.scale
         self.dropout = stock.dropout
@@ -64,7 +63,7 @@ class FastVisionAttention(SamVisionAttention):
             output = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=self.scale)
         else:
             rel_h, rel_w = self._rel_pos_logits(query, height, width)
-            if query.is_cuda or height * width <= CPU_FOLD_MAX_TOKENS:
+            if query.is_cuda if self.fold is None else self.fold:
                 output = folded_attention(query * self.scale, key, value, rel_h, rel_w, dropout)
             else:
                 output = row_chunked_attention(query * self.scale, key, value, rel_h, rel_w, dropout)
@@ -136,14 +135,15 @@ def _pad_head_dims(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) 
     return tuple(F.pad(t, (0, width - t.shape[-1])) if t.shape[-1] != width else t for t in (query, key, value))
 
 
-def enable_fast_attention(model: SamModel) -> int:
+def enable_fast_attention(model: SamModel, fold: bool | None = None) -> int:
     """Swap every image-encoder block's attention for FastVisionAttention, in place; returns how many.
 
-    Idempotent (already swapped blocks are skipped). Exact: the same function of the same parameters.
+    fold: as in FastVisionAttention (default: fold on GPU, row chunks on CPU). Already swapped blocks
+    are skipped. Exact: the same function of the same parameters.
     """
     replaced = 0
     for layer in model.vision_encoder.layers:
         if not isinstance(layer.attn, FastVisionAttention):
-            layer.attn = FastVisionAttention(layer.attn)
+            layer.attn = FastVisionAttention(layer.attn, fold)
             replaced += 1
     return replaced

@@ -16,12 +16,10 @@ from slimsam.fast_attention import FastVisionAttention, enable_fast_attention
 TOLERANCE = 1e-4  # relative to the largest output value
 
 
-@pytest.fixture(params=["fold", "row_chunks"])
-def path(request, monkeypatch):
-    """Run the test through each of the two exact paths (tiny grids are folded unless told otherwise)."""
-    if request.param == "row_chunks":
-        monkeypatch.setattr(fast_attention, "CPU_FOLD_MAX_TOKENS", 0)
-        monkeypatch.setattr(fast_attention, "CHUNK_BIAS_ELEMENTS", 1)  # one query row per SDPA call: many chunks
+@pytest.fixture(params=[True, False], ids=["fold", "row_chunks"])
+def fold(request, monkeypatch):
+    """Run the test through each of the two exact paths."""
+    monkeypatch.setattr(fast_attention, "CHUNK_BIAS_ELEMENTS", 1)  # row chunks: one query row per SDPA call
     return request.param
 
 
@@ -47,20 +45,20 @@ def assert_close(fast: torch.Tensor, stock: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("name", ["plain", "padded windows", "step 1 + local step 2", "global step 2"])
-def test_fast_encoder_matches_stock(name, path):
+def test_fast_encoder_matches_stock(name, fold):
     stock = pruned_models()[name]
     fast = copy.deepcopy(stock)
-    assert enable_fast_attention(fast) == len(fast.vision_encoder.layers)
+    assert enable_fast_attention(fast, fold) == len(fast.vision_encoder.layers)
     size = stock.config.vision_config.image_size
     pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         assert_close(fast.vision_encoder(pixels).last_hidden_state, stock.vision_encoder(pixels).last_hidden_state)
 
 
-def test_gradients_match_stock(path):
+def test_gradients_match_stock(fold):
     stock = copy.deepcopy(pruned_models()["global step 2"]).train()
     fast = copy.deepcopy(stock)
-    enable_fast_attention(fast)
+    enable_fast_attention(fast, fold)
     pixels = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     for model in (stock, fast):
         model.vision_encoder(pixels).last_hidden_state.square().mean().backward()
