@@ -26,12 +26,11 @@ import torch
 from transformers import SamModel
 
 from slimsam.checkpoints import export_model, load_model, read_history, resolve, save_model
-from slimsam.data import find_images, train_val_split
 from slimsam.images import SkipCounter, iter_pixel_values
 from slimsam.pruning import prune
 from slimsam.distributed import barrier, broadcast_from_main, is_main
 from slimsam.train import SettingsError, TrainConfig, distill, embedding_mse, remove_stale_temporaries, \
-    write_json_atomically
+    train_and_val_paths, write_json_atomically
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +119,7 @@ def _prune_phase(source: Path | str, target: str, settings: SlimSettings, grad_p
     barrier()
 
 
-def _distill_phase(step: int, student_folder: Path, teacher: SamModel, step1_model: SamModel | None,
+def _distill_phase(student_folder: Path, teacher: SamModel, step1_model: SamModel | None,
                    train_paths: list[Path], val_paths: list[Path], run_dir: Path, config: TrainConfig) -> Path:
     student, processor = load_model(str(student_folder))
     return distill(student, processor, teacher, train_paths, val_paths, run_dir, config, step1_model=step1_model,
@@ -131,17 +130,14 @@ def slim(settings: SlimSettings, out: str | Path, device: torch.device, num_work
          checkpoint_every: int = 250) -> dict:
     """Run (or resume) the whole method into `out`; returns the slim.json record (with the MSE figures)."""
     out = Path(out)
+    # Bad data folders or model names fail here, before slim.json pins the settings.
+    train_paths, val_paths = train_and_val_paths(settings.train, settings.val, settings.val_size, settings.seed)
+    teacher, processor = load_model(settings.model, device=device)
     record = _start_or_check(out, settings)
     if is_main():
         remove_stale_temporaries(out)
     torch.manual_seed(settings.seed)
-    train_paths = find_images(settings.train)
-    if settings.val is None:
-        train_paths, val_paths = train_val_split(train_paths, settings.val_size, settings.seed)
-    else:
-        val_paths = find_images(settings.val)
     grad_paths = train_paths[:settings.grad_size]
-    teacher, processor = load_model(settings.model, device=device)
 
     def measure(phase: str, model_folder: Path) -> None:
         """Record the embedding MSE to the teacher of a phase's result, once (rank 0)."""
@@ -157,13 +153,13 @@ def slim(settings: SlimSettings, out: str | Path, device: torch.device, num_work
 
     _prune_phase(settings.model, "embedding", settings, grad_paths, out / EMBEDDING_PRUNED, device)
     measure(EMBEDDING_PRUNED, out / EMBEDDING_PRUNED)
-    step1_folder = _distill_phase(1, out / EMBEDDING_PRUNED, teacher, None, train_paths, val_paths,
+    step1_folder = _distill_phase(out / EMBEDDING_PRUNED, teacher, None, train_paths, val_paths,
                                   out / BOTTLENECK_ALIGNING, config(1))
     measure(BOTTLENECK_ALIGNING, step1_folder)
     _prune_phase(step1_folder, "bottleneck", settings, grad_paths, out / BOTTLENECK_PRUNED, device)
     measure(BOTTLENECK_PRUNED, out / BOTTLENECK_PRUNED)
     step1_model, _ = load_model(str(step1_folder), device=device)
-    slim_folder = _distill_phase(2, out / BOTTLENECK_PRUNED, teacher, step1_model, train_paths, val_paths,
+    slim_folder = _distill_phase(out / BOTTLENECK_PRUNED, teacher, step1_model, train_paths, val_paths,
                                  out / EMBEDDING_ALIGNING, config(2))
     measure(EMBEDDING_ALIGNING, slim_folder)
     if not (out / FINAL).exists() and is_main():

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from transformers import SamModel, SamProcessor
 
 from slimsam.checkpoints import save_model
-from slimsam.data import ImageDataset, collate_pixels
+from slimsam.data import ImageDataset, collate_pixels, find_images, train_val_split
 from slimsam.distributed import barrier, broadcast_from_main, is_main, rank, world_size
 from slimsam.evaluate import evaluate
 from slimsam.features import encode
@@ -147,6 +147,20 @@ def _plot_curves(run_dir: Path, rows: list[dict]) -> None:
         val_axes.set(xlabel="epoch", ylabel=val[0]["metric"], title=f"validation {val[0]['metric']}")
     figure.tight_layout()
     replace_file_atomically(run_dir / CURVES_FILE, lambda handle: figure.savefig(handle, format="png", dpi=80))
+
+
+# ---- data ----------------------------------------------------------------------------------------------
+
+def train_and_val_paths(train: str | Path, val: str | Path | None, val_size: int, seed: int
+                        ) -> tuple[list[Path], list[Path]]:
+    """Training and validation images: two folders, or `val_size` images held out of `train` (seeded)."""
+    train_paths = find_images(train)
+    if val is not None:
+        return train_paths, find_images(val)
+    try:
+        return train_val_split(train_paths, val_size, seed)
+    except ValueError as error:
+        raise SettingsError(f"{error}: pass a validation folder (--val DIR) or a smaller --val-size") from None
 
 
 # ---- validation ----------------------------------------------------------------------------------------

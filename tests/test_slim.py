@@ -94,8 +94,8 @@ def test_slim_records_the_embedding_mse_of_every_phase(uninterrupted, killed_and
 def test_slim_refuses_an_output_folder_made_with_other_settings(inputs, uninterrupted, tmp_path, capsys):
     before = {p: p.stat().st_mtime_ns for p in uninterrupted.rglob("*")}
     assert main(slim_command(inputs, uninterrupted, ratio="0.6")[1:]) == 2
-    error = capsys.readouterr().err.strip()
-    assert error.startswith("slimsam: error:") and "\n" not in error and "ratio 0.5 -> 0.6" in error
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("slimsam: error:")]
+    assert len(errors) == 1 and "ratio 0.5 -> 0.6" in errors[0]
     assert {p: p.stat().st_mtime_ns for p in uninterrupted.rglob("*")} == before  # nothing touched
 
     (tmp_path / "other").mkdir()
@@ -103,3 +103,15 @@ def test_slim_refuses_an_output_folder_made_with_other_settings(inputs, uninterr
     assert main(slim_command(inputs, tmp_path / "other")[1:]) == 2
     assert "not a slim run folder" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "other").iterdir()] == ["notes.txt"]
+
+
+def test_bad_data_settings_fail_before_anything_is_written(inputs, tmp_path, capsys):
+    teacher, train, _ = inputs
+    out = tmp_path / "out"
+    base = ["slim", str(teacher), "--ratio", "0.5", "--epochs", "1", "--out", str(out)]
+    assert main(base + ["--train", str(train), "--val-size", "16"]) == 2  # all 16 images held out
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("slimsam: error:")]
+    assert len(errors) == 1 and "--val" in errors[0]
+    assert main(base + ["--train", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not out.exists()  # a corrected rerun is not refused as "other settings"

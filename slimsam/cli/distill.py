@@ -9,9 +9,8 @@ from pathlib import Path
 
 from slimsam.checkpoints import load_model, read_history
 from slimsam.cli.args import add_device, positive_int
-from slimsam.data import find_images, train_val_split
 from slimsam.distributed import init_distributed
-from slimsam.train import SettingsError, TrainConfig, distill
+from slimsam.train import SettingsError, TrainConfig, distill, train_and_val_paths
 
 
 def add_training_args(parser: argparse.ArgumentParser) -> None:
@@ -31,13 +30,6 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=250,
                         help="optimizer steps between checkpoints within an epoch (0: only at epoch ends)")
     add_device(parser)
-
-
-def train_and_val_paths(args) -> tuple[list[Path], list[Path]]:
-    train = find_images(args.train)
-    if args.val:
-        return train, find_images(args.val)
-    return train_val_split(train, args.val_size, args.seed)
 
 
 def add_parser(subparsers) -> None:
@@ -68,7 +60,14 @@ def _step1_source(args) -> str:
 
 def run(args) -> None:
     from slimsam.cli import CliError
-    train_paths, val_paths = train_and_val_paths(args)
+    try:
+        _run(args)
+    except SettingsError as error:
+        raise CliError(str(error)) from None
+
+
+def _run(args) -> None:
+    train_paths, val_paths = train_and_val_paths(args.train, args.val, args.val_size, args.seed)
     device = init_distributed(args.device)
     student, processor = load_model(args.student)
     teacher, _ = load_model(args.teacher)
@@ -76,9 +75,6 @@ def run(args) -> None:
     config = TrainConfig(step=args.step, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                          micro_batch=args.micro_batch, seed=args.seed, checkpoint_every=args.checkpoint_every,
                          num_workers=args.num_workers, device=str(device))
-    try:
-        model_dir = distill(student, processor, teacher, train_paths, val_paths, args.out, config,
-                            step1_model=step1_model, resume=args.resume, history=read_history(args.student))
-    except SettingsError as error:
-        raise CliError(str(error)) from None
+    model_dir = distill(student, processor, teacher, train_paths, val_paths, args.out, config,
+                        step1_model=step1_model, resume=args.resume, history=read_history(args.student))
     print(f"best model saved to {model_dir}")
