@@ -135,8 +135,9 @@ def compute_pane(ctx: AppContext, model_label: str, multimask: bool, session: Se
         return result
     start = time.perf_counter()
     if prompts.everything:
-        found = predictor.generate_everything(**EVERYTHING_OPTIONS,
-                                              progress=lambda done: report(done, desc=f"{model_label}: segmenting everything…"))
+        def grid_progress(done: float) -> None:
+            report(done, desc=f"{model_label}: segmenting everything…")
+        found = predictor.generate_everything(**EVERYTHING_OPTIONS, progress=grid_progress)
         masks = [mask["segmentation"] for mask in found]
         labels = render.label_map(masks) if masks else np.zeros(image.shape[:2], dtype=np.uint8)
         return replace(result, decode_seconds=time.perf_counter() - start, labels=labels, mask_count=len(masks))

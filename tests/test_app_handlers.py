@@ -262,8 +262,8 @@ def test_huge_photo_is_downscaled_without_loading_it_whole(tmp_path):
 
 
 def test_models_requested_at_once_by_both_panes_load_correctly(tmp_path):
-    store = ModelStore({"A": str(save_tiny_model(tmp_path / "a", seed=0)), "B": str(save_tiny_model(tmp_path / "b", seed=1))},
-                       device="cpu")
+    folders = {label: str(save_tiny_model(tmp_path / label, seed=seed)) for seed, label in enumerate("AB")}
+    store = ModelStore(folders, device="cpu")
     loaded, errors = {}, []
 
     def load(label):

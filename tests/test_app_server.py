@@ -83,16 +83,16 @@ def test_bad_input_through_the_api_gives_messages(app_url, photo_dir, tmp_path):
 
 def test_concurrent_clients_get_their_own_results(app_url, photo_dir):
     """Two users at once, different photos and prompts: each gets what it would get alone."""
-    jobs = {"a": (photo_dir / "photo_0.jpg", "[[250, 300, 1]]"), "b": (photo_dir / "photo_1.jpg", "[[30, 40, 1], [200, 150, 0]]")}
-    alone = {name: Client(app_url, verbose=False).predict(handle_file(str(path)), points, "", False,
-                                                          api_name="/segment")[2] for name, (path, points) in jobs.items()}
-    together = {}
+    jobs = {"a": (photo_dir / "photo_0.jpg", "[[250, 300, 1]]"),
+            "b": (photo_dir / "photo_1.jpg", "[[30, 40, 1], [200, 150, 0]]")}
 
-    def call(name):
+    def report(name):
         path, points = jobs[name]
-        together[name] = Client(app_url, verbose=False).predict(handle_file(str(path)), points, "", False,
-                                                                api_name="/segment")[2]
-    threads = [threading.Thread(target=call, args=(name,)) for name in jobs for _ in range(1)]
+        return Client(app_url, verbose=False).predict(handle_file(str(path)), points, "", False,
+                                                      api_name="/segment")[2]
+    alone = {name: report(name) for name in jobs}
+    together = {}
+    threads = [threading.Thread(target=lambda name=name: together.update({name: report(name)})) for name in jobs]
     for thread in threads:
         thread.start()
     for thread in threads:
