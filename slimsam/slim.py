@@ -26,9 +26,9 @@ import torch
 from transformers import SamModel
 
 from slimsam.checkpoints import export_model, load_model, read_history, resolve, save_model
+from slimsam.distributed import barrier, broadcast_from_main, is_main
 from slimsam.images import SkipCounter, iter_pixel_values
 from slimsam.pruning import prune
-from slimsam.distributed import barrier, broadcast_from_main, is_main
 from slimsam.train import SettingsError, TrainConfig, distill, embedding_mse, remove_stale_temporaries, \
     train_and_val_paths, write_json_atomically
 
@@ -93,11 +93,11 @@ def _start_or_check_here(out: Path, settings: SlimSettings) -> dict:
         if changed:
             details = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
             raise SettingsError(f"{out} holds a slim run made with other settings ({details}); rerun with the "
-                                   f"original settings to resume it, or choose another --out")
+                                f"original settings to resume it, or choose another --out")
         return _read_record(out)
     if out.exists() and any(out.iterdir()):
         raise SettingsError(f"{out} is not empty and is not a slim run folder (no {SETTINGS_FILE}); "
-                               f"choose another --out")
+                            f"choose another --out")
     record = {"settings": wanted, "embedding_mse": {}}
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomically(out / SETTINGS_FILE, record)

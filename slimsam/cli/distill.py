@@ -5,7 +5,6 @@ Multi-GPU: `torchrun --nproc_per_node N --no-python slimsam distill ...` (the sa
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from slimsam.checkpoints import load_model, read_history
 from slimsam.cli.args import add_device, positive_int

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from slimsam.cli.args import positive_int, ratio
 from slimsam.cli.distill import add_training_args
-from slimsam.slim import EMBEDDING_ALIGNING, FINAL, SlimSettings, slim
 from slimsam.distributed import init_distributed, is_main
+from slimsam.slim import EMBEDDING_ALIGNING, FINAL, SlimSettings, slim
 from slimsam.train import SettingsError
 
 
@@ -28,7 +28,9 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> None:
     from slimsam.cli import CliError
-    settings = SlimSettings(model=args.model, ratio=args.ratio, train=str(Path(args.train).resolve()),
+    # Folders are recorded as absolute paths, so that a rerun from another directory still matches.
+    model = str(Path(args.model).resolve()) if Path(args.model).is_dir() else args.model
+    settings = SlimSettings(model=model, ratio=args.ratio, train=str(Path(args.train).resolve()),
                             val=str(Path(args.val).resolve()) if args.val else None, epochs=args.epochs,
                             val_size=args.val_size, grad_size=args.grad_size, seed=args.seed, lr=args.lr,
                             batch_size=args.batch_size, micro_batch=args.micro_batch)
