@@ -20,6 +20,7 @@ from transformers import SamModel, SamProcessor
 from slimsam.checkpoints import load_model
 from slimsam.configs import processor_for, tiny_config
 from slimsam.data import find_images
+from slimsam.fast_attention import enable_fast_attention
 from slimsam.images import list_images, open_rgb
 from slimsam.pruning import prune
 from slimsam.structure import empty_model, read_dims
@@ -108,7 +109,8 @@ def stand_in(name: str, seed: int = 0) -> tuple[SamModel, SamProcessor]:
     """A tiny random SAM shaped like a scaled-down `name` (sam-b, sam-l, sam-h, slimsam-50, slimsam-77).
 
     Every weight is random, relative-position tables included (SAM initialises those to zero), so the
-    masks are noise: stand-ins exercise every step of the method, they do not segment anything.
+    masks are noise: stand-ins exercise every step of the method, they do not segment anything. Like
+    `load_model`, they use slimsam.fast_attention's (exact) encoder attention.
     """
     if name in _STAND_IN_RATIOS:
         model, processor = stand_in("sam-b", seed)
@@ -128,6 +130,7 @@ def stand_in(name: str, seed: int = 0) -> tuple[SamModel, SamProcessor]:
         for module in model.vision_encoder.modules():
             if isinstance(module, nn.Linear):
                 module.weight.normal_(std=module.in_features ** -0.5)
+    enable_fast_attention(model)
     return model.eval(), processor_for(config)
 
 
