@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.patches import FancyArrowPatch, Rectangle
+from matplotlib.patches import ConnectionPatch, FancyArrowPatch, Rectangle
 
 from slimsam.structure import EncoderDims
 
@@ -166,6 +166,10 @@ def layer_dims(dims_by_name: Mapping[str, EncoderDims], title: str = "per-block 
 
 # --- the ViT block -------------------------------------------------------------------------------------
 
+# Where draw_vit_block puts each tensor along its x axis.
+_TENSOR_X = {"input": 0.0, "q": 2.0, "k": 2.45, "v": 2.9, "attention": 4.6, "residual": 6.4, "mlp": 8.3, "output": 10.2}
+
+
 def draw_vit_block(hidden: int, heads: int, head_dim: int, mlp_dim: int, ax=None, scale: float | None = None,
                    title: str | None = None):
     """One ViT block of SAM's image encoder drawn as the widths of its tensors.
@@ -180,15 +184,16 @@ def draw_vit_block(hidden: int, heads: int, head_dim: int, mlp_dim: int, ax=None
         fig, ax = plt.subplots(figsize=(12, 4.2))
     scale = scale or max(hidden, mlp_dim, 3 * heads * head_dim / 3)
     width = heads * head_dim
+    x = _TENSOR_X
     tensors = [  # x, channels, colour, label
-        (0.0, hidden, EMBEDDING_COLOR, f"input\nC = {hidden}"),
-        (2.0, width, BOTTLENECK_COLOR, f"q\n{heads}x{head_dim}"),
-        (2.45, width, BOTTLENECK_COLOR, f"k\n{heads}x{head_dim}"),
-        (2.9, width, BOTTLENECK_COLOR, f"v\n{heads}x{head_dim}"),
-        (4.6, width, BOTTLENECK_COLOR, f"attention out\n{heads}x{head_dim}"),
-        (6.4, hidden, EMBEDDING_COLOR, f"+ residual\nC = {hidden}"),
-        (8.3, mlp_dim, BOTTLENECK_COLOR, f"MLP hidden\nM = {mlp_dim}"),
-        (10.2, hidden, EMBEDDING_COLOR, f"output\nC = {hidden}"),
+        (x["input"], hidden, EMBEDDING_COLOR, f"input\nC = {hidden}"),
+        (x["q"], width, BOTTLENECK_COLOR, f"q\n{heads}x{head_dim}"),
+        (x["k"], width, BOTTLENECK_COLOR, f"k\n{heads}x{head_dim}"),
+        (x["v"], width, BOTTLENECK_COLOR, f"v\n{heads}x{head_dim}"),
+        (x["attention"], width, BOTTLENECK_COLOR, f"attention out\n{heads}x{head_dim}"),
+        (x["residual"], hidden, EMBEDDING_COLOR, f"+ residual\nC = {hidden}"),
+        (x["mlp"], mlp_dim, BOTTLENECK_COLOR, f"MLP hidden\nM = {mlp_dim}"),
+        (x["output"], hidden, EMBEDDING_COLOR, f"output\nC = {hidden}"),
     ]
     ops = [(1.0, "LayerNorm\nqkv Linear\nC -> 3·H·d"), (3.75, "softmax(q·kᵀ/√d\n+ rel-pos)·v"),
            (5.5, "proj Linear\nH·d -> C"), (7.35, "LayerNorm\nlin1 C -> M\nGELU"), (9.25, "lin2 Linear\nM -> C")]
@@ -228,6 +233,23 @@ def draw_blocks(dims_by_name: Mapping[str, EncoderDims], block: int = 0):
                        title=f"{name}, block {block}: C={dims.hidden_size}, {dims.num_heads} heads x "
                              f"d={layer.head_dim}, M={layer.mlp_dim}")
     fig.tight_layout()
+    return fig
+
+
+def draw_aligning(target_name: str, target: EncoderDims, student_name: str, student: EncoderDims,
+                  matched: Sequence[str], block: int = 0):
+    """What an aligning loss compares: the target's block on top, the student's below (same scale), and a red
+    "MSE" link between each pair of tensors the loss matches. matched: keys of the drawing, any of
+    "q", "k", "v", "attention", "mlp" (bottlenecks) and "input", "residual", "output" (embedding width).
+    """
+    fig = draw_blocks({target_name: target, student_name: student}, block)
+    top, bottom = fig.axes[0], fig.axes[1]
+    bottom.get_legend().remove()
+    for key in matched:
+        x = _TENSOR_X[key]
+        fig.add_artist(ConnectionPatch(xyA=(x, -1.0), coordsA=top.transData, xyB=(x, 0.52), coordsB=bottom.transData,
+                                       arrowstyle="<|-|>", mutation_scale=12, color="red", linewidth=1.8))
+        bottom.text(x + 0.08, 0.72, "MSE", color="red", fontsize=9, fontweight="bold", clip_on=False)
     return fig
 
 
