@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from transformers import SamModel, SamProcessor
 
 from slimsam.evaluate import mask_logits
+from slimsam.importance import lean_backward
 
 FOCAL_WEIGHT = 20.0  # SAM: "a linear combination of focal loss and dice loss in a 20:1 ratio"
 MAX_MASKS_PER_IMAGE = 16
@@ -50,14 +51,15 @@ def accumulate_label_taylor_gradients(model: SamModel, processor: SamProcessor, 
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     count = 0
-    for sample in tqdm(samples, total=total, desc="taylor gradients (mask loss)", disable=not progress):
-        num_masks = len(sample["masks"])
-        if num_masks == 0:
-            continue
-        select = torch.randperm(num_masks, generator=generator)[:max_masks].sort().values
-        embeddings = model.vision_encoder(sample["pixel_values"][None].to(device, dtype)).last_hidden_state
-        logits = mask_logits(model, processor, sample, embeddings, "point", select)
-        target = torch.from_numpy(sample["masks"][select.numpy()]).to(device)
-        focal_dice_loss(logits.float(), target).backward()
-        count += 1
+    with lean_backward(model):
+        for sample in tqdm(samples, total=total, desc="taylor gradients (mask loss)", disable=not progress):
+            num_masks = len(sample["masks"])
+            if num_masks == 0:
+                continue
+            select = torch.randperm(num_masks, generator=generator)[:max_masks].sort().values
+            embeddings = model.vision_encoder(sample["pixel_values"][None].to(device, dtype)).last_hidden_state
+            logits = mask_logits(model, processor, sample, embeddings, "point", select)
+            target = torch.from_numpy(sample["masks"][select.numpy()]).to(device)
+            focal_dice_loss(logits.float(), target).backward()
+            count += 1
     return count

@@ -1,6 +1,8 @@
 """Disturbed Taylor importance: why the noise is needed, and scoring errors."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -31,3 +33,14 @@ def test_disturbed_loss_is_the_noise_energy():
 def test_taylor_without_gradients_is_an_error(tiny_model):
     with pytest.raises(RuntimeError, match="no gradients"):
         group_importance(embedding_group(tiny_model), "taylor")
+
+
+def test_lean_backward_gives_the_plain_gradients_and_restores_eval_mode(tiny_model, random_pixels):
+    reference = copy.deepcopy(tiny_model)
+    embedding = reference.vision_encoder(random_pixels[0]).last_hidden_state
+    disturbed_taylor_loss(embedding, embedding, generator=torch.Generator().manual_seed(0)).backward()
+    accumulate_disturbed_taylor_gradients(tiny_model, random_pixels[:1], progress=False)
+    assert not tiny_model.vision_encoder.training
+    assert not any(layer.gradient_checkpointing for layer in tiny_model.vision_encoder.layers)
+    for (name, a), b in zip(tiny_model.vision_encoder.named_parameters(), reference.vision_encoder.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-9, msg=name)
