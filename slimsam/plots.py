@@ -1,6 +1,7 @@
 """Figures shared by the tutorial notebooks (notebooks/): each function draws one kind of picture.
 
-Every function returns the matplotlib Figure it drew on (notebooks display it; scripts can save it).
+Each function returns the matplotlib Figure it drew (notebooks display it; scripts can save it), except
+`show_mask`, which draws on an Axes it is given.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def _human(n: float) -> str:
 # --- masks ---------------------------------------------------------------------------------------------
 
 def show_mask(ax, image, mask, points=None, labels=None, box=None, title=None, color=(0.12, 0.56, 1.0)) -> None:
-    """Draw `image` with `mask` (H, W bool) tinted on top, and the prompt: points (green +, red - ) and box."""
+    """Draw `image` with `mask` (H, W bool) tinted on top, and the prompt: points (green stars
+    positive, red negative) and box."""
     ax.imshow(image)
     if mask is not None:
         overlay = np.zeros((*_numpy(mask).shape, 4))
@@ -41,7 +43,8 @@ def show_mask(ax, image, mask, points=None, labels=None, box=None, title=None, c
         points = np.asarray(points, dtype=float).reshape(-1, 2)
         labels = np.ones(len(points)) if labels is None else np.asarray(labels)
         for (x, y), label in zip(points, labels):
-            ax.scatter([x], [y], s=180, marker="*", c="lime" if label == 1 else "red", edgecolors="white", linewidths=1.2)
+            ax.scatter([x], [y], s=180, marker="*", c="lime" if label == 1 else "red", edgecolors="white",
+                       linewidths=1.2)
     if box is not None:
         x0, y0, x1, y1 = box
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="lime", linewidth=2))
@@ -123,13 +126,12 @@ def block_bars(rows_by_model: Mapping[str, Sequence[Mapping]]):
     return fig
 
 
-def value_bars(values: Mapping[str, float], ylabel: str, title: str, ax=None, fmt=_human, log: bool = False,
-               colors=None):
+def value_bars(values: Mapping[str, float], ylabel: str, title: str, ax=None, fmt=_human, log: bool = False):
     """A labelled bar per entry (one number per model or per criterion)."""
     fig = None
     if ax is None:
         fig, ax = plt.subplots(figsize=(1.2 + 1.3 * len(values), 3.6))
-    bars = ax.bar(list(values), list(values.values()), color=colors or plt.cm.tab10(np.arange(len(values))))
+    bars = ax.bar(list(values), list(values.values()), color=plt.cm.tab10(np.arange(len(values))))
     for bar, value in zip(bars, values.values()):
         ax.annotate(fmt(value), (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
                     fontsize=8, xytext=(0, 2), textcoords="offset points")

@@ -19,7 +19,6 @@ from transformers import SamModel, SamProcessor
 
 from slimsam.checkpoints import load_model
 from slimsam.configs import processor_for, tiny_config
-from slimsam.data import find_images
 from slimsam.fast_attention import enable_fast_attention
 from slimsam.images import list_images, open_rgb
 from slimsam.pruning import prune
@@ -88,12 +87,12 @@ def photos(folder: str | Path | None = None, limit: int | None = None) -> list[I
 def photo_files(folder: str | Path | None, work: Path) -> list[Path]:
     """Image files for a training run: those in `folder`, or the bundled photos written to `work`/photos."""
     if folder is not None:
-        return find_images(folder)
+        return list_images(folder)
     target = work / "photos"
     target.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(bundled_photos()):
         image.save(target / f"photo_{i}.jpg", quality=95)
-    return find_images(target)
+    return list_images(target)
 
 
 def example_prompts(image: Image.Image) -> tuple[list[int], list[int]]:
