@@ -120,8 +120,8 @@ def _rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def peak_memory_mb(function: Callable[[], object], device: torch.device) -> float:
-    """Extra memory one call needs at its peak, in MiB.
+def peak_memory_mb(function: Callable[[], object], device: torch.device) -> tuple[float, object]:
+    """Extra memory one call needs at its peak, in MiB, and what the call returned.
 
     CUDA: peak bytes allocated by torch during the call, above what was allocated before it.
     CPU: peak growth of the process's resident memory, sampled every millisecond (Linux /proc).
@@ -130,9 +130,9 @@ def peak_memory_mb(function: Callable[[], object], device: torch.device) -> floa
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-        function()
+        result = function()
         torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20
+        return (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20, result
     before = peak = _rss_bytes()
     done = threading.Event()
 
@@ -144,11 +144,11 @@ def peak_memory_mb(function: Callable[[], object], device: torch.device) -> floa
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        function()
+        result = function()
     finally:
         done.set()
         sampler.join()
-    return (max(peak, _rss_bytes()) - before) / 2 ** 20
+    return (max(peak, _rss_bytes()) - before) / 2 ** 20, result
 
 
 def time_decode(model: SamModel, processor: SamProcessor, repeats: int, seed: int = 0) -> list[float]:
@@ -176,8 +176,8 @@ def benchmark_model(name: str, model: SamModel, processor: SamProcessor, attenti
     with torch.inference_mode():
         one = pixels[:1]
         runs = time_calls(lambda: encoder(one), device, settings.warmup, settings.repeats)
-        embedding = encoder(one).last_hidden_state.float()
-        memory = peak_memory_mb(lambda: encoder(one), device)
+        memory, output = peak_memory_mb(lambda: encoder(one), device)
+        embedding = output.last_hidden_state.float()
         throughput = None
         if settings.batch:
             batch_runs = time_calls(lambda: encoder(pixels), device, warmup=0, repeats=1)
