@@ -126,7 +126,7 @@ def _distill_phase(student_folder: Path, teacher: SamModel, step1_model: SamMode
                    resume=True, history=read_history(student_folder))
 
 
-def slim(settings: SlimSettings, out: str | Path, device: torch.device, num_workers: int = 2,
+def slim(settings: SlimSettings, out: str | Path, device: torch.device, num_workers: int = 0,
          checkpoint_every: int = 250) -> dict:
     """Run (or resume) the whole method into `out`; returns the slim.json record (with the MSE figures)."""
     out = Path(out)

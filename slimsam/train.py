@@ -75,7 +75,7 @@ class TrainConfig:
     seed: int = 0  # data order
     checkpoint_every: int = 250  # optimizer steps between mid-epoch checkpoints (0: at epoch ends only)
     log_every: int = 10  # optimizer steps between "train" metric rows
-    num_workers: int = 2  # DataLoader processes
+    num_workers: int = 0  # DataLoader processes (2 or more pay off on GPU)
     device: str = "cpu"
 
     # Settings that do not change the result; a run may resume with other values.

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from slimsam.checkpoints import load_model, read_history
 from slimsam.cli.args import add_device, positive_int
 from slimsam.distributed import init_distributed
@@ -25,10 +27,16 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
                         help="images per optimizer step, all processes together (default 4)")
     parser.add_argument("--micro-batch", type=positive_int, default=1, help="images per forward pass per process")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-workers", type=int, default=2, help="data loading processes")
+    parser.add_argument("--num-workers", type=int, help="data loading processes (default: 2 on GPU; 0 on CPU, "
+                                                         "where they would take cores from the training itself)")
     parser.add_argument("--checkpoint-every", type=int, default=250,
                         help="optimizer steps between checkpoints within an epoch (0: only at epoch ends)")
     add_device(parser)
+
+
+def num_workers(args, device: torch.device) -> int:
+    """--num-workers, or its default for the device."""
+    return args.num_workers if args.num_workers is not None else 2 if device.type == "cuda" else 0
 
 
 def add_parser(subparsers) -> None:
@@ -73,7 +81,7 @@ def _run(args) -> None:
     step1_model = load_model(_step1_source(args))[0] if args.step == 2 else None
     config = TrainConfig(step=args.step, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                          micro_batch=args.micro_batch, seed=args.seed, checkpoint_every=args.checkpoint_every,
-                         num_workers=args.num_workers, device=str(device))
+                         num_workers=num_workers(args, device), device=str(device))
     model_dir = distill(student, processor, teacher, train_paths, val_paths, args.out, config,
                         step1_model=step1_model, resume=args.resume, history=read_history(args.student))
     print(f"best model saved to {model_dir}")

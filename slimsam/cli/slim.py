@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from slimsam.cli.args import positive_int, ratio
-from slimsam.cli.distill import add_training_args
+from slimsam.cli.distill import add_training_args, num_workers
 from slimsam.distributed import init_distributed, is_main
 from slimsam.slim import EMBEDDING_ALIGNING, FINAL, SlimSettings, slim
 from slimsam.train import SettingsError
@@ -36,7 +36,7 @@ def run(args) -> None:
                             batch_size=args.batch_size, micro_batch=args.micro_batch)
     device = init_distributed(args.device)
     try:
-        record = slim(settings, args.out, device, args.num_workers, args.checkpoint_every)
+        record = slim(settings, args.out, device, num_workers(args, device), args.checkpoint_every)
     except SettingsError as error:
         raise CliError(str(error)) from None
     if is_main():
