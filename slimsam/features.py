@@ -42,24 +42,22 @@ def encode(encoder: nn.Module, pixel_values: torch.Tensor, capture: Iterable[str
     unknown = capture - set(FEATURE_KINDS)
     if unknown:
         raise ValueError(f"unknown feature kinds {sorted(unknown)}; choose from {FEATURE_KINDS}")
-    layers = getattr(encoder, "module", encoder).layers
-    qkv_outputs: list[torch.Tensor] = []
-    features = EncoderFeatures(embedding=torch.empty(0))
+    captured: dict[str, list[torch.Tensor]] = {kind: [] for kind in FEATURE_KINDS}
     handles = []
-    for layer in layers:
+    for layer in getattr(encoder, "module", encoder).layers:
         if "qkv" in capture:
-            handles.append(layer.attn.qkv.register_forward_hook(lambda _m, _i, out: qkv_outputs.append(out)))
+            handles.append(layer.attn.qkv.register_forward_hook(lambda _m, _i, out: captured["qkv"].append(out)))
         if "mlp" in capture:
-            handles.append(layer.mlp.lin2.register_forward_pre_hook(
-                lambda _m, args: features.mlp_hidden.append(args[0])))
+            handles.append(layer.mlp.lin2.register_forward_pre_hook(lambda _m, args: captured["mlp"].append(args[0])))
         if "blocks" in capture:
-            handles.append(layer.register_forward_hook(lambda _m, _i, out: features.block_outputs.append(out)))
+            handles.append(layer.register_forward_hook(lambda _m, _i, out: captured["blocks"].append(out)))
     try:
-        features.embedding = encoder(pixel_values).last_hidden_state
+        embedding = encoder(pixel_values).last_hidden_state
     finally:
         for handle in handles:
             handle.remove()
-    for qkv in qkv_outputs:
+    features = EncoderFeatures(embedding, mlp_hidden=captured["mlp"], block_outputs=captured["blocks"])
+    for qkv in captured["qkv"]:
         query, key, value = qkv.chunk(3, dim=-1)
         features.queries.append(query)
         features.keys.append(key)
