@@ -92,7 +92,8 @@ class Progress:
     epoch: int = 0
     batch: int = 0  # micro-batches of `epoch` already trained on (always a whole number of optimizer steps)
     optimizer_steps: int = 0
-    epoch_loss_sum: float = 0.0  # sum of the micro-batch losses of `epoch` so far
+    epoch_loss_sum: float = 0.0  # sum of the losses of `epoch`'s readable micro-batches so far ...
+    epoch_loss_count: int = 0  # ... and how many there were
     best_value: float | None = None
     rows: list[dict] = field(default_factory=list)  # metric rows, as in metrics.jsonl
     skipped: int = 0  # unreadable training images met so far
@@ -242,7 +243,7 @@ def _restore_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def _phase_loss(config: TrainConfig, alpha: float, student, teacher: SamModel, step1_model: SamModel | None,
+def _phase_loss(config: TrainConfig, alpha: float, student_encoder, teacher: SamModel, step1_model: SamModel | None,
                 pixels: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
     """The phase's loss on one micro-batch of (B, 3, S, S) pixels; teachers run without gradients."""
     student_capture = ("qkv", "mlp") if config.step == 1 else ("blocks",)
@@ -252,7 +253,7 @@ def _phase_loss(config: TrainConfig, alpha: float, student, teacher: SamModel, s
                                       student_capture if config.step == 1 and alpha > 0 else ())
             step1_features = encode(step1_model.vision_encoder, pixels, ("blocks",)) \
                 if config.step == 2 and alpha > 0 else None
-        student_features = encode(student, pixels, student_capture if alpha > 0 else ())
+        student_features = encode(student_encoder, pixels, student_capture if alpha > 0 else ())
     if config.step == 1:
         return bottleneck_aligning_loss(student_features, teacher_features, alpha)
     return embedding_aligning_loss(student_features, teacher_features, step1_features, alpha)
@@ -275,7 +276,8 @@ def distill(student: SamModel, processor: SamProcessor, teacher: SamModel, train
     step1_model: for step 2, the model that was bottleneck-pruned to make the student (the step-1 result).
     resume: continue from run_dir/checkpoint.pt; without it an existing checkpoint is an error.
     history: the student's history; the saved model's is history + this phase's record.
-    The best student (by validation metric) is saved to run_dir/model and loaded into `student` at the end.
+    The best student (by validation metric) is saved to run_dir/model and, when this call trained it, loaded
+    into `student`.
     """
     run_dir = Path(run_dir)
     model_dir = run_dir / MODEL_FOLDER
@@ -365,6 +367,7 @@ def distill(student: SamModel, processor: SamProcessor, teacher: SamModel, train
                     loss, terms = _phase_loss(config, alpha, trained, teacher, step1_model, pixels, device)
                     (loss * (weight / group_size)).backward()
                 progress.epoch_loss_sum += loss.item() * weight
+                progress.epoch_loss_count += int(weight)
                 images += len(pixels) * int(weight) * processes
                 bar.update(1)
                 if not steps_now:
@@ -390,16 +393,17 @@ def distill(student: SamModel, processor: SamProcessor, teacher: SamModel, train
         if improved:
             progress.best_value = value
             best_encoder = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+        train_loss = progress.epoch_loss_sum / max(progress.epoch_loss_count, 1)  # rank 0's micro-batches
         progress.rows.append({"kind": "val", "epoch": epoch, "metric": validation.metric, "value": value,
-                              "best": progress.best_value, "train_loss": progress.epoch_loss_sum / max(len(batches), 1),
+                              "best": progress.best_value, "train_loss": train_loss,
                               "lr": optimizer.param_groups[0]["lr"], "alpha": alpha,
                               "images_per_s": images / seconds if seconds > 0 else math.nan,
                               "skipped_images": progress.skipped})
         if is_main():
             log.info("step %d epoch %d/%d: %s %.5g (best %.5g), train loss %.4g, %.2f images/s", config.step,
                      epoch + 1, config.epochs, validation.metric, value, progress.best_value,
-                     progress.rows[-1]["train_loss"], progress.rows[-1]["images_per_s"])
-        progress.epoch, progress.batch, progress.epoch_loss_sum = epoch + 1, 0, 0.0
+                     train_loss, progress.rows[-1]["images_per_s"])
+        progress.epoch, progress.batch, progress.epoch_loss_sum, progress.epoch_loss_count = epoch + 1, 0, 0.0, 0
         save_checkpoint()
         if is_main():
             _plot_curves(run_dir, progress.rows)
