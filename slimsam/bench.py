@@ -1,6 +1,6 @@
 """Speed benchmarks of SAM image encoders and mask decoders, measured as ratios within one run.
 
-For each model: encoder latency at batch 1 (median and spread over repeated runs after warm-up),
+For each model: encoder latency at batch 1 (median and spread over repeated runs after a warm-up run),
 encoder throughput at a larger batch, decode latency per click with a cached image embedding (through
 `SamPredictor.predict`), peak memory, parameters and MACs. `benchmark_models` runs every model in one
 process, so the ratios to the reference model are taken on the same machine under the same load.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import platform
 import statistics
@@ -42,8 +43,8 @@ ATTENTIONS = ("fast", "stock")
 class BenchSettings:
     device: str = "cpu"
     dtype: str = "fp32"
-    warmup: int = 1
-    repeats: int = 5
+    repeats: int = 5  # timed batch-1 encoder runs, after one untimed run (which measures peak memory) ...
+    budget_s: float = math.inf  # ... fewer (at least 2) once the timed runs of a model have taken this long
     batch: int = 8  # throughput batch; 0 skips the throughput measurement
     decode_repeats: int = 20  # 0 skips the decode measurement
     seed: int = 0
@@ -101,13 +102,17 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_calls(function: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> list[float]:
-    """Milliseconds of each of `repeats` calls after `warmup` untimed ones (GPU work waited for)."""
+def time_calls(function: Callable[[], object], device: torch.device, warmup: int, repeats: int,
+               budget_s: float = math.inf) -> list[float]:
+    """Milliseconds of each of `repeats` calls after `warmup` untimed ones (GPU work waited for).
+
+    Stops early, after at least 2 timed calls, once the timed calls have taken `budget_s` seconds.
+    """
     for _ in range(warmup):
         function()
     _synchronize(device)
     times = []
-    for _ in range(repeats):
+    while len(times) < repeats and (len(times) < 2 or sum(times) < budget_s * 1000):
         start = time.perf_counter()
         function()
         _synchronize(device)
@@ -175,9 +180,9 @@ def benchmark_model(name: str, model: SamModel, processor: SamProcessor, attenti
     encoder = model.vision_encoder
     with torch.inference_mode():
         one = pixels[:1]
-        runs = time_calls(lambda: encoder(one), device, settings.warmup, settings.repeats)
-        memory, output = peak_memory_mb(lambda: encoder(one), device)
+        memory, output = peak_memory_mb(lambda: encoder(one), device)  # also the warm-up run
         embedding = output.last_hidden_state.float()
+        runs = time_calls(lambda: encoder(one), device, 0, settings.repeats, settings.budget_s)
         throughput = None
         if settings.batch:
             batch_runs = time_calls(lambda: encoder(pixels), device, warmup=0, repeats=1)

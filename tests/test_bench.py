@@ -11,8 +11,9 @@ REQUIRED_KEYS = {"name", "attention", "encoder_ms_median", "decode_ms_median", "
 
 def test_bench_cli_writes_json_markdown_and_chart(tmp_path, tiny_model_dir, capsys):
     paths = {"json": tmp_path / "bench.json", "markdown": tmp_path / "bench.md", "chart": tmp_path / "bench.png"}
-    code = main(["bench", "tiny", "--random-weights", "--attention", "both", "--repeats", "2", "--batch", "2",
-                 "--decode-repeats", "2", "--device", "cpu", "--threads", "1"] +
+    # --budget 0: the 3 repeats asked for stop at the minimum of 2.
+    code = main(["bench", "tiny", "--random-weights", "--attention", "both", "--repeats", "3", "--budget", "0",
+                 "--batch", "2", "--decode-repeats", "2", "--device", "cpu", "--threads", "1"] +
                 [f"--{key}={path}" for key, path in paths.items()])
     assert code == 0
     data = json.loads(paths["json"].read_text())

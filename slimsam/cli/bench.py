@@ -1,6 +1,7 @@
 """`slimsam bench MODEL... [--random-weights] [--device] [--dtype] [--json PATH]`: encoder and decoder speed."""
 from __future__ import annotations
 
+import math
 import shlex
 import sys
 
@@ -26,8 +27,10 @@ def add_parser(subparsers) -> None:
                         help="fast: slimsam.fast_attention (default, as load_model gives); stock: transformers' "
                              "SDPA attention; both: each model twice, fast checked against stock")
     parser.add_argument("--reference", help="model the ratios are to (default: sam-h if benchmarked, else the first)")
-    parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed encoder runs first (default 1)")
-    parser.add_argument("--repeats", type=positive_int, default=5, help="timed batch-1 encoder runs (default 5)")
+    parser.add_argument("--repeats", type=positive_int, default=5,
+                        help="timed batch-1 encoder runs after one untimed warm-up run (default 5)")
+    parser.add_argument("--budget", type=float, default=math.inf, metavar="SECONDS",
+                        help="fewer timed runs (at least 2) once a model's have taken this long (default: no limit)")
     parser.add_argument("--batch", type=non_negative_int, default=8,
                         help="batch size of the throughput run (default 8; 0 skips it)")
     parser.add_argument("--decode-repeats", type=non_negative_int, default=20,
@@ -49,7 +52,7 @@ def run(args) -> None:
         raise CliError(f"--reference {args.reference!r} must be one of the benchmarked models")
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = BenchSettings(device=args.device, dtype=args.dtype, warmup=args.warmup, repeats=args.repeats,
+    settings = BenchSettings(device=args.device, dtype=args.dtype, repeats=args.repeats, budget_s=args.budget,
                              batch=args.batch, decode_repeats=args.decode_repeats)
     attentions = ATTENTIONS if args.attention == "both" else (args.attention,)
     reference = args.reference or ("sam-h" if "sam-h" in args.models else args.models[0])
