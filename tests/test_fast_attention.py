@@ -25,7 +25,8 @@ def fold(request, monkeypatch):
 
 @functools.cache
 def pruned_models() -> dict[str, torch.nn.Module]:
-    """(Never modify these: copy them.) Tiny models: plain; 96 px with windows that need padding; step 1 + local step 2; global step 2."""
+    """Tiny models (never modify them, copy them): plain; 96 px with windows that need padding;
+    step 1 + local step 2; global step 2 (per-layer head dims)."""
     plain = make_tiny_model()
     padded = make_tiny_model(image_size=96, num_heads=3, hidden_size=36, mlp_dim=72)
     padded.vision_encoder.layers[0].window_size = 4  # 6x6 grid: windows padded to 8x8
