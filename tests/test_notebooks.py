@@ -1,6 +1,7 @@
 """The tutorial notebooks (notebooks/*.ipynb) run top to bottom in fast mode and draw what they teach.
 
-Each notebook is executed with nbclient under SLIMSAM_FAST=1 (tiny stand-in models, offline, CPU).
+Each notebook is executed with nbclient under SLIMSAM_FAST=1 (tiny stand-in models, offline, CPU), in a
+temporary working folder.
 A notebook teaches one step per `## ` section; every such section must end up with at least one figure.
 """
 from __future__ import annotations
@@ -47,12 +48,13 @@ def test_stored_without_outputs(path):
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
-def test_runs_in_fast_mode_with_a_figure_per_step(path, monkeypatch):
+def test_runs_in_fast_mode_with_a_figure_per_step(path, monkeypatch, tmp_path):
     monkeypatch.setenv("SLIMSAM_FAST", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     notebook = nbformat.read(path, as_version=4)
+    # Run in a private folder: the notebook's _work/ lands there, so concurrent runs never share it.
     NotebookClient(notebook, timeout=240, kernel_name="python3",
-                   resources={"metadata": {"path": str(NOTEBOOK_DIR)}}).execute()
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
     sections = figures_per_section(notebook)
     assert len(sections) >= 3, f"{path.name}: expected several `## ` steps, found {list(sections)}"
     missing = [section for section, count in sections.items() if count == 0]
