@@ -40,6 +40,7 @@ BOTTLENECK_ALIGNING = "2_bottleneck_aligning"
 BOTTLENECK_PRUNED = "3_bottleneck_pruned"
 EMBEDDING_ALIGNING = "4_embedding_aligning"
 FINAL = "final"
+PHASES = (EMBEDDING_PRUNED, BOTTLENECK_ALIGNING, BOTTLENECK_PRUNED, EMBEDDING_ALIGNING)
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def slim(settings: SlimSettings, out: str | Path, device: torch.device, num_work
     teacher, processor = load_model(settings.model, device=device)
     record = _start_or_check(out, settings)
     if is_main():
-        remove_stale_temporaries(out)
+        remove_stale_temporaries(out, [SETTINGS_FILE, *PHASES, FINAL])
     torch.manual_seed(settings.seed)
     grad_paths = train_paths[:settings.grad_size]
 

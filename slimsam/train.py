@@ -116,14 +116,16 @@ def replace_file_atomically(path: Path, write: Callable[[BinaryIO], None]) -> No
         tmp.unlink(missing_ok=True)
 
 
-def remove_stale_temporaries(folder: Path) -> None:
-    """Delete what a killed writer left half-done in `folder`: the hidden temporaries of
-    `replace_file_atomically` (.NAME.PID.tmp) and of slimsam.checkpoints' folder writes (.NAME.RANDOM/)."""
-    for entry in Path(folder).glob(".*"):
-        if entry.is_dir():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+def remove_stale_temporaries(folder: Path, names: list[str]) -> None:
+    """Delete what a killed writer left half-done in `folder` while writing one of `names`: the hidden
+    temporaries of `replace_file_atomically` (.NAME.PID.tmp) and of slimsam.checkpoints' folder writes
+    (.NAME.RANDOM/). Nothing else is touched, whatever else the folder holds."""
+    for name in names:
+        for entry in Path(folder).glob(f".{name}.*"):
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
 
 def write_json_atomically(path: Path, data) -> None:
@@ -328,7 +330,7 @@ def distill(student: SamModel, processor: SamProcessor, teacher: SamModel, train
             log.info("resuming %s at epoch %d, batch %d", run_dir, progress.epoch + 1, progress.batch)
     if is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(run_dir)
+        remove_stale_temporaries(run_dir, [CHECKPOINT_FILE, METRICS_FILE, CURVES_FILE, MODEL_FOLDER])
 
     def save_checkpoint() -> None:
         if not is_main():

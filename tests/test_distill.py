@@ -244,10 +244,12 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, images, embedding_prun
     with pytest.raises(SettingsError, match="lr"):
         student, processor = load_model(str(folder))
         distill(student, processor, teacher, train_paths, val_paths, tmp_path / "b", _config(lr=5e-4), resume=True)
+    (tmp_path / "b" / f".{CHECKPOINT_FILE}.999.tmp").write_bytes(b"half a checkpoint")  # as a kill leaves it
+    (tmp_path / "b" / ".notes").write_text("the user's")
     resumed = run(tmp_path / "b", resume=True)
     assert resumed.keys() == uninterrupted.keys()
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
-    assert not [p for p in (tmp_path / "b").iterdir() if p.name.startswith(".")]
+    assert [p.name for p in (tmp_path / "b").iterdir() if p.name.startswith(".")] == [".notes"]
 
 
 def test_two_process_ddp_matches_one_process(tmp_path, images, embedding_pruned):
