@@ -14,7 +14,6 @@ import torch
 from matplotlib import cbook
 from PIL import Image, ImageOps
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 from transformers import SamModel, SamProcessor
 
 from slimsam.checkpoints import load_model
@@ -22,7 +21,7 @@ from slimsam.configs import processor_for, tiny_config
 from slimsam.fast_attention import enable_fast_attention
 from slimsam.images import list_images, open_rgb
 from slimsam.pruning import prune
-from slimsam.structure import empty_model, read_dims
+from slimsam.stats import encoder_macs_by_module
 
 FAST_ENV = "SLIMSAM_FAST"
 STAND_IN_IMAGE_SIZE = 256
@@ -159,26 +158,14 @@ def encoder_breakdown(model: SamModel) -> list[dict]:
     "global" (True for the blocks with global attention)}. Counted on a weightless meta-device copy.
     """
     encoder = model.vision_encoder
-    meta_encoder = empty_model(model.config, read_dims(model)).vision_encoder
-    size = model.config.vision_config.image_size
-    with torch.device("meta"), FlopCounterMode(display=False) as counter:
-        meta_encoder(torch.empty(1, 3, size, size))
-    counts = counter.get_flop_counts()
-    prefix = type(meta_encoder).__name__
-    linear_ops = {"aten.addmm", "aten.mm", "aten.convolution"}
-
-    def macs(module_name):
-        ops = {str(op): n for op, n in counts.get(f"{prefix}.{module_name}", {}).items()}
-        linear = sum(n for op, n in ops.items() if op in linear_ops) // 2
-        return linear, sum(ops.values()) // 2 - linear
-
+    macs = encoder_macs_by_module(model)
     global_blocks = set(encoder.config.global_attn_indexes)
     parts = [("patch+pos embed", "patch_embed", encoder.patch_embed, False)]
     parts += [(f"block {i}", f"layers.{i}", layer, i in global_blocks) for i, layer in enumerate(encoder.layers)]
     parts.append(("neck", "neck", encoder.neck, False))
     rows = []
     for label, module_name, module, is_global in parts:
-        linear, attention = macs(module_name)
+        linear, attention = macs[module_name]["linear_conv"], macs[module_name]["attention"]
         params = sum(p.numel() for p in module.parameters())
         if module is encoder.patch_embed and encoder.pos_embed is not None:
             params += encoder.pos_embed.numel()
