@@ -132,18 +132,26 @@ def read_history(folder: str | Path) -> list[dict]:
 
 
 def _write_atomically(folder: Path, overwrite: bool, write) -> None:
-    """Build the folder beside its destination, then move it in place: never a half-written folder."""
+    """Build the folder beside its destination, then move it in place: never a half-written folder.
+
+    When overwriting, the old folder is renamed aside first and deleted only once the new one is in
+    place, so an interruption at any point leaves a complete folder (old or new) under `folder` or
+    beside it.
+    """
     if folder.exists() and not overwrite:
         raise FileExistsError(f"output folder {folder} already exists (pass --overwrite to replace it)")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is an ordinary folder
+    old = tmp.with_name(tmp.name + ".old")
     try:
         write(tmp)
         if folder.exists():
-            shutil.rmtree(folder)
+            os.replace(folder, old)
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def save_model(model: SamModel, processor: SamProcessor, folder: str | Path, history: list[dict] | None = None,
