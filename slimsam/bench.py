@@ -70,7 +70,7 @@ class ModelResult:
     decode_ms_min: float | None = None
     decode_ms_max: float | None = None
     max_abs_diff_vs_stock: float | None = None  # fast entries, when the stock one is measured too
-    speedup_vs_reference: float | None = None  # reference encoder ms / this encoder ms
+    speedup_vs_reference: float | None = None  # reference encoder ms (same attention) / this encoder ms
     macs_ratio_vs_reference: float | None = None  # reference MACs / these MACs
     extra: dict = field(default_factory=dict)
 
@@ -206,9 +206,9 @@ def benchmark_models(names: list[str], settings: BenchSettings, random_weights: 
     """Benchmark each model with each attention, one model in memory at a time; fill in the ratios.
 
     names: aliases, Hub ids or folders, or with random_weights names from RANDOM_CONFIGS.
-    reference: the model the ratios are to (default: sam-h when benchmarked, else the first name),
-    its first attention variant. With both attentions, each fast row records its max abs difference
-    from the stock row's image embedding (same weights, same input).
+    reference: the model the ratios are to (default: sam-h when benchmarked, else the first name), each
+    row's ratio taken to the reference row with the same attention. With both attentions, each fast row
+    records its max abs difference from the stock row's image embedding (same weights, same input).
     """
     device, dtype = torch.device(settings.device), DTYPES[settings.dtype]
     results = []
@@ -234,10 +234,11 @@ def benchmark_models(names: list[str], settings: BenchSettings, random_weights: 
         if device.type == "cuda":
             torch.cuda.empty_cache()
     reference = reference or ("sam-h" if "sam-h" in names else names[0])
-    base = next((r for r in results if r.name == reference), None)
-    if base is None:
+    bases = {r.attention: r for r in results if r.name == reference}
+    if not bases:
         raise ValueError(f"reference {reference!r} is not among the benchmarked models {names}")
     for result in results:
+        base = bases[result.attention]
         result.speedup_vs_reference = base.encoder_ms_median / result.encoder_ms_median
         result.macs_ratio_vs_reference = base.macs / result.macs
     return results
@@ -258,7 +259,7 @@ def _ms(value: float | None) -> str:
 
 
 def markdown_table(results: list[ModelResult], reference: str) -> str:
-    """One row per (model, attention); ratios are to `reference`."""
+    """One row per (model, attention); ratios are to `reference` with the same attention."""
     lines = [f"| model | attention | params | encoder MACs | encoder ms (median, min-max) | speed-up vs {reference} "
              f"| MACs ratio vs {reference} | images/s (batch) | decode ms/click (median) | peak MiB "
              f"| max abs diff vs stock |",
