@@ -66,10 +66,10 @@ class FastVisionAttention(SamVisionAttention):
             output = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=self.scale)
         else:
             rel_h, rel_w = self._rel_pos_logits(query, height, width)
-            if query.is_cuda if self.fold is None else self.fold:
-                output = folded_attention(query * self.scale, key, value, rel_h, rel_w, dropout)
-            else:
-                output = row_chunked_attention(query * self.scale, key, value, rel_h, rel_w, dropout)
+            fold = query.is_cuda if self.fold is None else self.fold
+            attention = folded_attention if fold else row_chunked_attention
+            # self.scale is head_dim**-0.5 (pruning keeps it so), the scale stock SDPA applies.
+            output = attention(query * self.scale, key, value, rel_h, rel_w, dropout)
         output = output.transpose(1, 2).reshape(batch, height, width, -1)
         return self.proj(output), None
 
