@@ -49,7 +49,7 @@ class SlimSettings:
 
     model: str  # the teacher: alias, Hub id or folder
     ratio: float  # fraction of channels removed in each of the two pruning steps
-    train: str  # folder of training images (searched recursively)
+    train: str  # folder of training images (the images directly inside it)
     val: str | None  # folder of validation images; None: hold out `val_size` training images
     epochs: int  # per distillation phase
     val_size: int = 50
