@@ -21,6 +21,7 @@ import torch
 
 import slimsam
 from slimsam.bench import random_model
+from slimsam.checkpoints import default_device
 from slimsam.fast_attention import enable_fast_attention
 from slimsam.features import encode
 from slimsam.losses import bottleneck_aligning_loss, embedding_aligning_loss
@@ -70,7 +71,7 @@ def images_per_second(step: int, models: dict, batch: int, bf16: bool, steps: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--size", default="sam-b", choices=("sam-b", "tiny"), help="teacher architecture")
     parser.add_argument("--ratio", type=float, default=0.77, help="pruning ratio of both steps (SlimSAM-77)")
     parser.add_argument("--batch", type=int, default=8, help="images per step of the tuned loop")

@@ -57,7 +57,7 @@ def main() -> None:
                     param.normal_(std=args.rel_pos_std)
     pixels = list(iter_pixel_values(list_images(args.images), processor, limit=args.num_images))
     reference = embeddings(model, pixels)
-    print(f"| ratio | rel-pos | embedding rel. MSE vs unpruned |\n|---|---|---|")
+    print("| ratio | rel-pos | embedding rel. MSE vs unpruned |\n|---|---|---|")
     for ratio in args.ratios:
         step1 = copy.deepcopy(model)
         with torch.no_grad():

@@ -13,8 +13,7 @@ import torch
 from transformers import SamModel, SamProcessor
 
 from slimsam import WeightsNotFoundError, count_parameters, load_model
-from slimsam.checkpoints import resolve
-from slimsam.predictor import default_device
+from slimsam.checkpoints import default_device, resolve
 
 # Pane menu label -> slimsam alias (resolved to a Hub id by slimsam.checkpoints.ALIASES).
 STANDARD_MODELS = {"SAM-B": "sam-b", "SAM-L": "sam-l", "SAM-H": "sam-h", "SlimSAM-50": "slimsam-50",
@@ -48,7 +47,7 @@ class ModelStore:
     after fetching the weights) so that an offline machine does not retry the network on every click.
     """
 
-    def __init__(self, sources: dict[str, str], device: torch.device | None = None) -> None:
+    def __init__(self, sources: dict[str, str], device: str | torch.device | None = None) -> None:
         self.sources = dict(sources)
         self.device = device or default_device()
         self._loaded: dict[str, LoadedModel | ModelLoadError] = {}

@@ -96,7 +96,7 @@ def ordered_box(corners) -> tuple[tuple[float, float, float, float], list[str]]:
     x1, y1, x2, y2 = (float(v) for v in corners)
     if abs(x2 - x1) < 1 or abs(y2 - y1) < 1:
         raise PromptError(f"the box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) has zero area: give two opposite corners")
-    notes = [] if (x1 < x2 and y1 < y2) else [f"box corners reordered to top-left, bottom-right"]
+    notes = [] if (x1 < x2 and y1 < y2) else ["box corners reordered to top-left, bottom-right"]
     return (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)), notes
 
 

@@ -89,6 +89,11 @@ def load_model(name_or_path: str, device: str | torch.device = "cpu", dtype: tor
     return model, processor
 
 
+def default_device() -> str:
+    """"cuda" when a GPU is visible, else "cpu"."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _load_processor(folder: Path, config: SamConfig) -> SamProcessor:
     try:
         return SamProcessor.from_pretrained(folder)

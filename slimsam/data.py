@@ -25,14 +25,9 @@ from slimsam.images import ImageFolderError, SkipCounter, list_images, open_rgb
 log = logging.getLogger(__name__)
 
 
-# Image files directly inside a folder, sorted by name; ImageFolderError when missing or empty.
-# Deliberately not recursive: a val/ or an output folder inside the training folder must not leak into training.
-find_images = list_images
-
-
 def find_sa1b_images(root: str | Path) -> list[Path]:
     """Images in `root` that have their SA-1B annotation file (same name, .json) beside them, sorted."""
-    paths = [p for p in find_images(root) if p.with_suffix(".json").is_file()]
+    paths = [p for p in list_images(root) if p.with_suffix(".json").is_file()]
     if not paths:
         raise ImageFolderError(f"{root} has images but no SA-1B annotations beside them (sa_<n>.jpg + sa_<n>.json)")
     return paths

@@ -19,7 +19,10 @@ class ImageFolderError(ValueError):
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly inside `folder`, sorted by name."""
+    """Image files directly inside `folder`, sorted by name.
+
+    Deliberately not recursive: a val/ or an output folder inside a training folder must not leak into it.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageFolderError(f"image folder {folder} does not exist")

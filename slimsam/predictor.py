@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import SamModel, SamProcessor
 
-from slimsam.checkpoints import load_model
+from slimsam.checkpoints import default_device, load_model
 from slimsam.images import shrink, to_rgb
 
 # The encoder sees 1024 px anyway; a bigger working copy only costs memory. Masks are computed at
@@ -109,10 +109,6 @@ def as_rgb_image(image: Image.Image | np.ndarray) -> Image.Image:
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     return to_rgb(image)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class SamPredictor:

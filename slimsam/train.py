@@ -40,9 +40,10 @@ from tqdm.auto import tqdm
 from transformers import SamModel, SamProcessor
 
 from slimsam.checkpoints import save_model
-from slimsam.data import ImageDataset, collate_pixels, find_images, train_val_split
+from slimsam.data import ImageDataset, collate_pixels, train_val_split
 from slimsam.distributed import barrier, broadcast_from_main, is_main, rank, world_size
 from slimsam.evaluate import evaluate
+from slimsam.images import list_images
 from slimsam.features import encode
 from slimsam.losses import ALPHA_EPOCHS, BOTTLENECK_ALPHA, alpha_schedule, bottleneck_aligning_loss, \
     embedding_aligning_loss
@@ -157,9 +158,9 @@ def _plot_curves(run_dir: Path, rows: list[dict]) -> None:
 def train_and_val_paths(train: str | Path, val: str | Path | None, val_size: int, seed: int
                         ) -> tuple[list[Path], list[Path]]:
     """Training and validation images: two folders, or `val_size` images held out of `train` (seeded)."""
-    train_paths = find_images(train)
+    train_paths = list_images(train)
     if val is not None:
-        return train_paths, find_images(val)
+        return train_paths, list_images(val)
     try:
         return train_val_split(train_paths, val_size, seed)
     except ValueError as error:

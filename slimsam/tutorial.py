@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 from torch import nn
 from transformers import SamModel, SamProcessor
 
-from slimsam.checkpoints import load_model
+from slimsam.checkpoints import default_device, load_model
 from slimsam.configs import processor_for, tiny_config
 from slimsam.fast_attention import enable_fast_attention
 from slimsam.images import list_images, open_rgb
@@ -59,7 +59,7 @@ def setup(fast: bool, seed: int = 0) -> str:
     if fast:
         torch.set_num_threads(1)
         return "cpu"
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return default_device()
 
 
 def work_dir(name: str, root: str | Path = "_work") -> Path:

@@ -11,9 +11,9 @@ from torch.utils.data import DataLoader
 
 from sa1b import make_sa1b_folder
 from slimsam.configs import processor_for, tiny_config
-from slimsam.data import (ImageDataset, SA1BDataset, collate_pixels, find_images, find_sa1b_images,
+from slimsam.data import (ImageDataset, SA1BDataset, collate_pixels, find_sa1b_images,
                           train_val_split)
-from slimsam.images import ImageFolderError, open_rgb
+from slimsam.images import ImageFolderError, list_images, open_rgb
 
 
 @pytest.fixture(scope="module")
@@ -26,17 +26,17 @@ def sa1b_dir(tmp_path_factory):
     return make_sa1b_folder(tmp_path_factory.mktemp("sa1b"), num_images=4)
 
 
-def test_find_images_sorted_not_recursive_and_errors(tmp_path, photo_dir):
+def test_list_images_sorted_not_recursive_and_errors(tmp_path, photo_dir):
     for name in ("b.jpg", "a.PNG", "val/c.jpg"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes((photo_dir / "photo_0.jpg").read_bytes())
     (tmp_path / "notes.txt").write_text("not an image")
-    assert find_images(tmp_path) == [tmp_path / "a.PNG", tmp_path / "b.jpg"]  # val/ stays out of training
+    assert list_images(tmp_path) == [tmp_path / "a.PNG", tmp_path / "b.jpg"]  # val/ stays out of training
     with pytest.raises(ImageFolderError, match="does not exist"):
-        find_images(tmp_path / "missing")
+        list_images(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ImageFolderError, match="no images"):
-        find_images(tmp_path / "empty")
+        list_images(tmp_path / "empty")
     with pytest.raises(ImageFolderError, match="no SA-1B annotations"):
         find_sa1b_images(tmp_path)
 
@@ -55,7 +55,7 @@ def test_train_val_split_is_seeded_disjoint_and_complete(tmp_path):
 
 
 def test_pixels_equal_sam_processor(photo_dir, processor):
-    paths = find_images(photo_dir)
+    paths = list_images(photo_dir)
     dataset = ImageDataset(paths, processor)
     for path, item in zip(paths, dataset):
         expected = processor(images=open_rgb(path), return_tensors="pt")["pixel_values"][0]
@@ -67,7 +67,7 @@ def test_corrupt_images_are_skipped_and_counted(photo_dir, tmp_path, processor, 
     good = (photo_dir / "photo_0.jpg").read_bytes()
     (tmp_path / "truncated.jpg").write_bytes(good[: len(good) // 3])
     (tmp_path / "good.jpg").write_bytes(good)
-    loader = DataLoader(ImageDataset(find_images(tmp_path), processor), batch_size=3, collate_fn=collate_pixels)
+    loader = DataLoader(ImageDataset(list_images(tmp_path), processor), batch_size=3, collate_fn=collate_pixels)
     (pixels, skipped), = list(loader)
     assert pixels.shape == (1, 3, 64, 64) and skipped == 2
     assert "broken.jpg" in caplog.text and "truncated.jpg" in caplog.text
@@ -108,10 +108,10 @@ def test_sa1b_corrupt_image_or_json_is_skipped(sa1b_dir, tmp_path, processor, ca
 
 def test_make_sa1b_folder_with_supplied_masks_keeps_images_and_prompts(sa1b_dir, tmp_path):
     originals = [json.loads((sa1b_dir / f"sa_{n}.json").read_text())["annotations"] for n in range(1, 5)]
-    replaced = [[np.ones((96, 128), bool) for _ in annotations] for annotations in originals]
+    replaced = [[np.ones((96, 128), bool) for _ in image_annotations] for image_annotations in originals]
     make_sa1b_folder(tmp_path, seed=0, masks=replaced)
-    for n, annotations in enumerate(originals, start=1):
+    for n, image_annotations in enumerate(originals, start=1):
         assert (tmp_path / f"sa_{n}.jpg").read_bytes() == (sa1b_dir / f"sa_{n}.jpg").read_bytes()
         new = json.loads((tmp_path / f"sa_{n}.json").read_text())["annotations"]
-        assert [a["point_coords"] for a in new] == [a["point_coords"] for a in annotations]
-        assert [a["area"] for a in new] == [96 * 128] * len(annotations)
+        assert [a["point_coords"] for a in new] == [a["point_coords"] for a in image_annotations]
+        assert [a["area"] for a in new] == [96 * 128] * len(image_annotations)

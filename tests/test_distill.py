@@ -15,7 +15,7 @@ from conftest import make_tiny_model
 from sa1b import make_sa1b_folder
 from slimsam.checkpoints import load_model, save_model
 from slimsam.configs import processor_for
-from slimsam.data import find_images
+from slimsam.images import list_images
 from slimsam.features import encode
 from slimsam.images import iter_pixel_values
 from slimsam.losses import alpha_schedule, bottleneck_aligning_loss, embedding_aligning_loss
@@ -176,7 +176,7 @@ def embedding_pruned(tmp_path_factory, images):
     teacher = make_tiny_model()
     processor = processor_for(teacher.config)
     student = copy.deepcopy(teacher)
-    prune(student, "embedding", 0.5, pixel_values=iter_pixel_values(find_images(images[0]), processor),
+    prune(student, "embedding", 0.5, pixel_values=iter_pixel_values(list_images(images[0]), processor),
           progress=False)
     folder = save_model(student, processor, tmp_path_factory.mktemp("pruned") / "student")
     return teacher, folder
@@ -192,9 +192,9 @@ def test_distillation_reduces_the_embedding_mse_and_skips_corrupt_images(tmp_pat
     teacher, folder = embedding_pruned
     student, processor = load_model(str(folder))
     (tmp_path / "train").mkdir()
-    train_paths = find_images(train) + [tmp_path / "train" / "broken.jpg"]
+    train_paths = list_images(train) + [tmp_path / "train" / "broken.jpg"]
     train_paths[-1].write_bytes(b"\xff\xd8\xff not a jpeg")
-    val_paths = find_images(val)
+    val_paths = list_images(val)
     before = embedding_mse(student, teacher, val_paths, processor)
     with caplog.at_level("INFO"):
         model_dir = distill(student, processor, teacher, train_paths, val_paths, tmp_path / "run",
@@ -214,7 +214,7 @@ def test_distillation_reduces_the_embedding_mse_and_skips_corrupt_images(tmp_pat
 def test_resumed_run_ends_with_the_same_weights(tmp_path, images, embedding_pruned, monkeypatch):
     train, val = images
     teacher, folder = embedding_pruned
-    train_paths, val_paths = find_images(train), find_images(val)
+    train_paths, val_paths = list_images(train), list_images(val)
 
     def run(run_dir, resume=False):
         student, processor = load_model(str(folder))
@@ -268,7 +268,7 @@ def test_two_process_ddp_matches_one_process(tmp_path, images, embedding_pruned)
 
     student, processor = load_model(str(folder))
     start = {k: v.clone() for k, v in student.vision_encoder.state_dict().items()}
-    distill(student, processor, teacher, find_images(train), find_images(val), tmp_path / "one",
+    distill(student, processor, teacher, list_images(train), list_images(val), tmp_path / "one",
             _config(epochs=1, lr=1e-3))
     one_process = student.vision_encoder.state_dict()
     two_processes = load_model(str(tmp_path / "ddp" / MODEL_FOLDER))[0].vision_encoder.state_dict()

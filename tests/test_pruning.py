@@ -9,7 +9,6 @@ import torch_pruning as tp
 from torch import nn
 from transformers import SamModel
 
-from conftest import make_tiny_model
 from slimsam.configs import sam_config
 from slimsam.groups import attention_group, embedding_group, mlp_group, prune_group
 from slimsam.importance import accumulate_disturbed_taylor_gradients, bottleneck_scores, embedding_scores

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-import torch
+from slimsam.checkpoints import default_device
 
 
 def ratio(text: str) -> float:
@@ -25,10 +25,6 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:
