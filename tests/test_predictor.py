@@ -12,7 +12,8 @@ from conftest import make_tiny_model, real_photos, save_tiny_model
 from slimsam import predictor as predictor_module
 from slimsam.configs import processor_for
 from slimsam.everything import box_nms, point_grid
-from slimsam.predictor import EmbeddingCache, SamPredictor
+from slimsam import SamPredictor
+from slimsam.predictor import EmbeddingCache
 
 
 def make_predictor(seed: int = 0, **kwargs) -> SamPredictor:
