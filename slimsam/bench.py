@@ -48,6 +48,7 @@ class BenchSettings:
     batch: int = 8  # throughput batch; 0 skips the throughput measurement
     decode_repeats: int = 20  # 0 skips the decode measurement
     seed: int = 0
+    heap_kept: bool = False  # whether slimsam.heap.keep_freed_memory_in_heap was in effect (the CLI's default)
 
 
 @dataclass
@@ -55,7 +56,7 @@ class ModelResult:
     """One row of the benchmark: times in milliseconds, memory in MiB, MACs of one 1024x1024 encoder pass."""
 
     name: str
-    attention: str  # "fast" (slimsam.fast_attention) or "stock" (transformers' SDPA attention)
+    attention: str  # "fast" (slimsam.fast_attention encoding, slimsam.fast_decoder clicks) or "stock" (SamModel as is)
     params: int  # whole SamModel
     encoder_params: int
     macs: int  # encoder Linear + conv MACs (the SlimSAM paper's convention)
@@ -69,7 +70,8 @@ class ModelResult:
     decode_ms_median: float | None = None
     decode_ms_min: float | None = None
     decode_ms_max: float | None = None
-    max_abs_diff_vs_stock: float | None = None  # fast entries, when the stock one is measured too
+    max_abs_diff_vs_stock: float | None = None  # fast entries' image embedding, when the stock one is measured too
+    decode_max_abs_diff_vs_stock: float | None = None  # fast entries' mask logits against SamModel's decoder
     speedup_vs_reference: float | None = None  # reference encoder ms (same attention) / this encoder ms
     macs_ratio_vs_reference: float | None = None  # reference MACs / these MACs
     extra: dict = field(default_factory=dict)
@@ -156,17 +158,40 @@ def peak_memory_mb(function: Callable[[], object], device: torch.device) -> tupl
     return (max(peak, _rss_bytes()) - before) / 2 ** 20, result
 
 
-def time_decode(model: SamModel, processor: SamProcessor, repeats: int, seed: int = 0) -> list[float]:
+def _random_image(model: SamModel, rng: np.random.Generator) -> np.ndarray:
+    size = model.config.vision_config.image_size
+    return rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def time_decode(model: SamModel, processor: SamProcessor, repeats: int, seed: int = 0,
+                fast_decoder: bool = True) -> list[float]:
     """Milliseconds per click: `SamPredictor.predict` with one point, the image embedding already cached.
 
     Each click is at a new random position (masks at the image's 1024x1024 size, 3 per click).
+    fast_decoder: slimsam.fast_decoder (the predictor's default) or SamModel's own decoder.
     """
-    size = model.config.vision_config.image_size
     rng = np.random.default_rng(seed)
-    predictor = SamPredictor(model, processor)
-    predictor.set_image(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
-    clicks = iter(rng.uniform(0, size, (repeats + 3, 1, 2)))
+    predictor = SamPredictor(model, processor, fast_decoder=fast_decoder)
+    predictor.set_image(_random_image(model, rng))
+    clicks = iter(rng.uniform(0, model.config.vision_config.image_size, (repeats + 3, 1, 2)))
     return time_calls(lambda: predictor.predict(points=next(clicks)), predictor.device, warmup=3, repeats=repeats)
+
+
+def decoder_difference(model: SamModel, processor: SamProcessor, clicks: int = 5, seed: int = 0
+                       ) -> tuple[float, float]:
+    """Max abs difference of slimsam.fast_decoder's mask logits from SamModel's decoder's, for random
+    clicks on a random image, and the largest stock logit (for scale)."""
+    rng = np.random.default_rng(seed)
+    image = _random_image(model, rng)
+    points = rng.uniform(0, model.config.vision_config.image_size, (clicks, 1, 2))  # single-point prompts
+    labels = np.ones((clicks, 1), dtype=np.int64)
+    fast = SamPredictor(model, processor, cache_size=1)
+    stock = SamPredictor(model, processor, cache=fast.cache, fast_decoder=False)
+    logits = []
+    for predictor in (fast, stock):
+        predictor.set_image(image)  # encoded once: the second call is a cache hit
+        logits.append(predictor.decode_low_res(points, labels)[0])
+    return (logits[0] - logits[1]).abs().max().item(), logits[1].abs().max().item()
 
 
 def benchmark_model(name: str, model: SamModel, processor: SamProcessor, attention: str,
@@ -194,9 +219,13 @@ def benchmark_model(name: str, model: SamModel, processor: SamProcessor, attenti
                          encoder_ms_max=max(runs), encoder_ms_runs=runs, peak_memory_mb=memory,
                          throughput_images_per_s=throughput)
     if settings.decode_repeats:
-        decode = time_decode(model, processor, settings.decode_repeats, settings.seed)
+        fast = attention == "fast"
+        decode = time_decode(model, processor, settings.decode_repeats, settings.seed, fast_decoder=fast)
         result.decode_ms_median, result.decode_ms_min, result.decode_ms_max = \
             statistics.median(decode), min(decode), max(decode)
+        if fast:
+            result.decode_max_abs_diff_vs_stock, result.extra["stock_mask_logits_max_abs"] = \
+                decoder_difference(model, processor, seed=settings.seed)
     return result, embedding
 
 
@@ -262,10 +291,11 @@ def markdown_table(results: list[ModelResult], reference: str) -> str:
     """One row per (model, attention); ratios are to `reference` with the same attention."""
     lines = [f"| model | attention | params | encoder MACs | encoder ms (median, min-max) | speed-up vs {reference} "
              f"| MACs ratio vs {reference} | images/s (batch) | decode ms/click (median) | peak MiB "
-             f"| max abs diff vs stock |",
+             f"| max abs diff vs stock (embedding; mask logits) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        diff = "-" if r.max_abs_diff_vs_stock is None else f"{r.max_abs_diff_vs_stock:.1e}"
+        diff = "; ".join("-" if d is None else f"{d:.1e}" for d in (r.max_abs_diff_vs_stock,
+                                                                   r.decode_max_abs_diff_vs_stock))
         throughput = "-" if r.throughput_images_per_s is None else f"{r.throughput_images_per_s:.3g}"
         lines.append(f"| {r.name} | {r.attention} | {r.params / 1e6:.2f}M | {r.macs / 1e9:.1f}G "
                      f"| {_ms(r.encoder_ms_median)} ({_ms(r.encoder_ms_min)}-{_ms(r.encoder_ms_max)}) "

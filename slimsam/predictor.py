@@ -24,6 +24,7 @@ from PIL import Image
 from transformers import SamModel, SamProcessor
 
 from slimsam.checkpoints import default_device, load_model
+from slimsam.fast_decoder import DecoderContext, fast_decode, prepare_decoder
 from slimsam.images import shrink, to_rgb
 
 # The encoder sees 1024 px anyway; a bigger working copy only costs memory. Masks are computed at
@@ -39,6 +40,7 @@ class ImageEmbedding:
     original_size: tuple[int, int]  # (H, W) of the image given to set_image
     working_size: tuple[int, int]  # (H, W) after shrinking to MAX_WORKING_SIDE (== original_size if smaller)
     input_size: tuple[int, int]  # (H, W) after resizing to the model's input size, before padding
+    decoder_context: DecoderContext  # the prompt-independent part of the mask decoder (fast_decoder)
 
 
 class EmbeddingCache:
@@ -117,15 +119,19 @@ class SamPredictor:
     model, processor: a SamModel (any size, pruned ones included) and its SamProcessor.
     cache_size: how many image embeddings to keep (LRU); pass `cache=` instead to share one
     EmbeddingCache between predictors (its keys include the model).
+    fast_decoder: decode clicks with `slimsam.fast_decoder` (the same function as SamModel's decoder,
+    about half the work: the prompt-independent part is computed once per image); False calls
+    SamModel itself, and is needed for nothing but comparisons.
     On CUDA the image encoder runs under float16 autocast (weights stay float32, so LayerNorms,
     softmax and the small mask decoder keep full precision); on CPU everything is float32.
     """
 
     def __init__(self, model: SamModel, processor: SamProcessor, cache_size: int = 8,
-                 cache: EmbeddingCache | None = None) -> None:
+                 cache: EmbeddingCache | None = None, fast_decoder: bool = True) -> None:
         self.model = model.eval()
         self.processor = processor
         self.cache = cache if cache is not None else EmbeddingCache(cache_size)
+        self.fast_decoder = fast_decoder
         self.device = next(model.parameters()).device
         self.current: ImageEmbedding | None = None
 
@@ -157,7 +163,8 @@ class SamPredictor:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
             return ImageEmbedding(embedding, original_size, working.shape[:2],
-                                  tuple(int(v) for v in inputs["reshaped_input_sizes"][0]))
+                                  tuple(int(v) for v in inputs["reshaped_input_sizes"][0]),
+                                  prepare_decoder(self.model, embedding))
 
         self.current, _ = self.cache.get_or_compute(key, encode)
         return seconds
@@ -187,9 +194,14 @@ class SamPredictor:
             kwargs["input_labels"] = torch.as_tensor(labels, dtype=torch.long)[None].to(self.device)
         if boxes is not None:
             kwargs["input_boxes"] = (torch.as_tensor(boxes, dtype=torch.float32) * scale.repeat(2))[None].to(self.device)
-        with torch.inference_mode():
-            output = self.model(image_embeddings=current.embedding, multimask_output=multimask_output, **kwargs)
-        return output.pred_masks[0].float(), output.iou_scores[0].float()
+        if self.fast_decoder:
+            masks, scores = fast_decode(self.model, current.decoder_context, multimask_output=multimask_output,
+                                        **kwargs)
+        else:
+            with torch.inference_mode():
+                output = self.model(image_embeddings=current.embedding, multimask_output=multimask_output, **kwargs)
+            masks, scores = output.pred_masks, output.iou_scores
+        return masks[0].float(), scores[0].float()
 
     def masks_from_logits(self, low_res_logits: torch.Tensor) -> np.ndarray:
         """(M, 256, 256) decoder logits -> (M, H, W) bool masks at the current image's original size.
@@ -202,7 +214,9 @@ class SamPredictor:
         logits = F.interpolate(low_res_logits[None], (pad["height"], pad["width"]), mode="bilinear",
                                align_corners=False)
         logits = logits[..., :current.input_size[0], :current.input_size[1]]
-        masks = (F.interpolate(logits, current.working_size, mode="bilinear", align_corners=False)[0] > 0).cpu().numpy()
+        if current.working_size != current.input_size:  # (bilinear to the same size is the identity)
+            logits = F.interpolate(logits, current.working_size, mode="bilinear", align_corners=False)
+        masks = (logits[0] > 0).cpu().numpy()
         if current.working_size != current.original_size:
             (h, w), (height, width) = current.working_size, current.original_size
             rows = np.arange(height) * h // height

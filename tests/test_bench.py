@@ -25,6 +25,9 @@ def test_bench_cli_writes_json_markdown_and_chart(tmp_path, tiny_model_dir, caps
         assert len(row["encoder_ms_runs"]) == 2 and row["macs"] > 0
     assert stock["speedup_vs_reference"] == fast["speedup_vs_reference"] == 1.0  # each to its own attention
     assert fast["max_abs_diff_vs_stock"] < 1e-4 * fast["extra"]["stock_embedding_max_abs"]
+    # fast rows decode clicks with slimsam.fast_decoder, checked against SamModel's decoder
+    assert fast["decode_max_abs_diff_vs_stock"] < 1e-4 * fast["extra"]["stock_mask_logits_max_abs"]
+    assert stock["decode_max_abs_diff_vs_stock"] is None
     assert data["machine"]["torch_threads"] == 1 and data["reference"] == "tiny"
     table = paths["markdown"].read_text()
     assert table in capsys.readouterr().out and table.count("| tiny |") == 2

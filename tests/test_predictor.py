@@ -109,6 +109,28 @@ def test_masks_at_original_size_with_scores_best_first(photo):
     assert single.shape == (1, 600, 512) and single_scores.shape == (1,)
 
 
+def test_fast_and_stock_decoders_agree_through_the_predictor(photo):
+    """The default (slimsam.fast_decoder) against SamModel's own decoder, on the same model and image."""
+    fast, stock = make_predictor(), make_predictor(fast_decoder=False)
+    for predictor in (fast, stock):
+        predictor.set_image(photo)
+    prompts = [dict(points=[[256, 300]]), dict(points=[[256, 300], [60, 80]], labels=[1, 0]),
+               dict(box=[100, 100, 400, 500]), dict(points=[[200, 250]], box=[100, 100, 400, 500])]
+    for prompt in prompts:
+        fast_logits, fast_scores = fast.decode_low_res(**_batched(prompt))
+        stock_logits, stock_scores = stock.decode_low_res(**_batched(prompt))
+        assert torch.allclose(fast_logits, stock_logits, rtol=1e-4, atol=1e-4 * stock_logits.abs().max().item())
+        assert torch.allclose(fast_scores, stock_scores, rtol=1e-4, atol=1e-5)
+
+
+def _batched(prompt: dict) -> dict:
+    """predict()-style arguments as decode_low_res's batch of one prompt."""
+    points = prompt.get("points")
+    return dict(points=None if points is None else np.array([points], dtype=np.float32),
+                labels=None if points is None else np.array([prompt.get("labels", [1] * len(points))]),
+                boxes=None if "box" not in prompt else np.array([prompt["box"]], dtype=np.float32))
+
+
 def test_box_and_negative_points_change_the_result(photo):
     predictor = make_predictor()
     predictor.set_image(photo)

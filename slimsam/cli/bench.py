@@ -10,6 +10,7 @@ import torch
 from slimsam.bench import (ATTENTIONS, DTYPES, RANDOM_CONFIGS, BenchSettings, benchmark_models, markdown_table,
                            plot_chart, write_json)
 from slimsam.cli.args import add_device, positive_int
+from slimsam.heap import keep_freed_memory_in_heap
 
 
 def non_negative_int(text: str) -> int:
@@ -24,8 +25,9 @@ def add_parser(subparsers) -> None:
     add_device(parser)
     parser.add_argument("--dtype", choices=DTYPES, default="fp32")
     parser.add_argument("--attention", choices=(*ATTENTIONS, "both"), default="fast",
-                        help="fast: slimsam.fast_attention (default, as load_model gives); stock: transformers' "
-                             "SDPA attention; both: each model twice, fast checked against stock")
+                        help="fast (default, as load_model and SamPredictor give): slimsam.fast_attention in the "
+                             "encoder and slimsam.fast_decoder for clicks; stock: transformers' SamModel as it is; "
+                             "both: each model twice, fast checked against stock")
     parser.add_argument("--reference", help="model the ratios are to (default: sam-h if benchmarked, else the first)")
     parser.add_argument("--repeats", type=positive_int, default=5,
                         help="timed batch-1 encoder runs after one untimed warm-up run (default 5)")
@@ -53,7 +55,8 @@ def run(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = BenchSettings(device=args.device, dtype=args.dtype, repeats=args.repeats, budget_s=args.budget,
-                             batch=args.batch, decode_repeats=args.decode_repeats)
+                             batch=args.batch, decode_repeats=args.decode_repeats,
+                             heap_kept=keep_freed_memory_in_heap())  # as the app serves clicks
     attentions = ATTENTIONS if args.attention == "both" else (args.attention,)
     reference = args.reference or ("sam-h" if "sam-h" in args.models else args.models[0])
     log = lambda message: print(message, file=sys.stderr)  # noqa: E731  (the table alone goes to stdout)
