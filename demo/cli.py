@@ -6,6 +6,7 @@ import os
 
 from demo.models import DEFAULT_LEFT, DEFAULT_RIGHT, STANDARD_MODELS, ModelStore, menu_with
 from demo.ui import build_app
+from slimsam.heap import keep_freed_memory_in_heap
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,6 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    keep_freed_memory_in_heap()  # clicks allocate MB-sized tensors: reuse them instead of faulting pages in
     left, menu = menu_with(args.left, STANDARD_MODELS)
     right, menu = menu_with(args.right, menu)
     app = build_app(ModelStore(menu), left, right)
