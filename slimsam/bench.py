@@ -27,6 +27,7 @@ import torch
 from transformers import SamModel, SamProcessor
 
 from slimsam.checkpoints import load_model
+from slimsam.compiled import compile_encoder
 from slimsam.configs import CONFIG_NAMES, processor_for, sam_config, tiny_config
 from slimsam.fast_attention import enable_fast_attention
 from slimsam.predictor import SamPredictor
@@ -48,6 +49,7 @@ class BenchSettings:
     batch: int = 8  # throughput batch; 0 skips the throughput measurement
     decode_repeats: int = 20  # 0 skips the decode measurement
     seed: int = 0
+    compile: bool = False  # torch.compile the fast rows' encoders (slimsam.compiled); compiling is not timed
     heap_kept: bool = False  # whether slimsam.heap.keep_freed_memory_in_heap was in effect (the CLI's default)
 
 
@@ -57,6 +59,7 @@ class ModelResult:
 
     name: str
     attention: str  # "fast" (slimsam.fast_attention encoding, slimsam.fast_decoder clicks) or "stock" (SamModel as is)
+    compiled: bool  # the encoder ran under torch.compile (fast rows with BenchSettings.compile)
     params: int  # whole SamModel
     encoder_params: int
     macs: int  # encoder Linear + conv MACs (the SlimSAM paper's convention)
@@ -203,17 +206,22 @@ def benchmark_model(name: str, model: SamModel, processor: SamProcessor, attenti
     generator = torch.Generator().manual_seed(settings.seed)
     pixels = torch.randn(max(settings.batch, 1), 3, size, size, generator=generator).to(device, dtype)
     encoder = model.vision_encoder
+    compiled = settings.compile and attention == "fast"
+    # A compiled encoder compiles on its first call per shape, and records CUDA graphs on the next ones.
+    extra_warmup = 3 if compiled else 0
     with torch.inference_mode():
         one = pixels[:1]
+        for _ in range(extra_warmup):
+            encoder(one)
         memory, output = peak_memory_mb(lambda: encoder(one), device)  # also the warm-up run
-        embedding = output.last_hidden_state.float()
+        embedding = output.last_hidden_state.float().clone()
         runs = time_calls(lambda: encoder(one), device, 0, settings.repeats, settings.budget_s)
         throughput = None
         if settings.batch:
-            batch_runs = time_calls(lambda: encoder(pixels), device, warmup=0, repeats=1)
+            batch_runs = time_calls(lambda: encoder(pixels), device, warmup=extra_warmup, repeats=1)
             throughput = settings.batch / (batch_runs[0] / 1000)
     params, macs = count_parameters(model), encoder_macs(model)
-    result = ModelResult(name=name, attention=attention, params=params["total"], encoder_params=params["encoder"],
+    result = ModelResult(name=name, attention=attention, compiled=compiled, params=params["total"], encoder_params=params["encoder"],
                          macs=macs["linear_conv"], macs_with_attention=macs["total"],
                          encoder_ms_median=statistics.median(runs), encoder_ms_min=min(runs),
                          encoder_ms_max=max(runs), encoder_ms_runs=runs, peak_memory_mb=memory,
@@ -250,6 +258,8 @@ def benchmark_models(names: list[str], settings: BenchSettings, random_weights: 
         for attention in sorted(attentions, key=ATTENTIONS.index, reverse=True):  # stock first: it is unmodified
             if attention == "fast":
                 enable_fast_attention(model)
+                if settings.compile:
+                    compile_encoder(model)
             log(f"{name} ({attention} attention, {settings.device}, {settings.dtype})...")
             result, embedding = benchmark_model(name, model, processor, attention, settings)
             if attention == "stock":
@@ -297,7 +307,8 @@ def markdown_table(results: list[ModelResult], reference: str) -> str:
         diff = "; ".join("-" if d is None else f"{d:.1e}" for d in (r.max_abs_diff_vs_stock,
                                                                    r.decode_max_abs_diff_vs_stock))
         throughput = "-" if r.throughput_images_per_s is None else f"{r.throughput_images_per_s:.3g}"
-        lines.append(f"| {r.name} | {r.attention} | {r.params / 1e6:.2f}M | {r.macs / 1e9:.1f}G "
+        attention = f"{r.attention}, compiled" if r.compiled else r.attention
+        lines.append(f"| {r.name} | {attention} | {r.params / 1e6:.2f}M | {r.macs / 1e9:.1f}G "
                      f"| {_ms(r.encoder_ms_median)} ({_ms(r.encoder_ms_min)}-{_ms(r.encoder_ms_max)}) "
                      f"| {r.speedup_vs_reference:.2f}x | {r.macs_ratio_vs_reference:.1f}x | {throughput} "
                      f"| {_ms(r.decode_ms_median)} | {r.peak_memory_mb:,.0f} | {diff} |")

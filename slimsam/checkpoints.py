@@ -18,6 +18,7 @@ from huggingface_hub import constants as hub_constants
 from safetensors.torch import load_file
 from transformers import SamConfig, SamModel, SamProcessor
 
+from slimsam.compiled import compile_encoder
 from slimsam.configs import processor_for
 from slimsam.fast_attention import enable_fast_attention
 from slimsam.structure import EncoderDims, empty_model, read_dims
@@ -60,7 +61,8 @@ def _looks_like_path(name: str) -> bool:
 
 
 def load_model(name_or_path: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-               attn_implementation: str = "sdpa", fast: bool = True) -> tuple[SamModel, SamProcessor]:
+               attn_implementation: str = "sdpa", fast: bool = True, compile: bool = False
+               ) -> tuple[SamModel, SamProcessor]:
     """Load a SAM (original or pruned) and its processor, in eval mode.
 
     name_or_path: an alias (sam-b, sam-l, sam-h, slimsam-50, slimsam-77), a Hub id, or a local folder
@@ -68,6 +70,8 @@ def load_model(name_or_path: str, device: str | torch.device = "cpu", dtype: tor
     WeightsNotFoundError (or FileNotFoundError for a missing folder) instead.
     fast: with the default "sdpa" attention, swap in the exact, faster encoder attention of
     slimsam.fast_attention (same parameters and outputs; "eager" keeps the stock one for attention maps).
+    compile: torch.compile the image encoder (slimsam.compiled: CUDA graphs on a GPU); the first
+    encoding per input shape then takes tens of seconds.
     """
     model_id = resolve(name_or_path)
     path = Path(model_id).expanduser()
@@ -85,6 +89,8 @@ def load_model(name_or_path: str, device: str | torch.device = "cpu", dtype: tor
     model.to(device=device, dtype=dtype).eval()
     if fast and attn_implementation == "sdpa":
         enable_fast_attention(model)
+    if compile:
+        compile_encoder(model)
     model.name_or_path = model_id
     return model, processor
 

@@ -158,7 +158,8 @@ class SamPredictor:
             inputs = self.processor(images=working, return_tensors="pt")
             pixel_values = inputs["pixel_values"].to(self.device)
             with torch.inference_mode(), torch.autocast("cuda", torch.float16, enabled=self.device.type == "cuda"):
-                embedding = self.model.get_image_embeddings(pixel_values).float()
+                # clone: a compiled encoder (CUDA graphs) reuses its output buffer on the next call
+                embedding = self.model.get_image_embeddings(pixel_values).float().clone()
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start

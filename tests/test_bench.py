@@ -37,3 +37,17 @@ def test_bench_cli_writes_json_markdown_and_chart(tmp_path, tiny_model_dir, caps
 def test_bench_cli_rejects_unknown_random_config(capsys):
     assert main(["bench", "sam-xl", "--random-weights"]) == 2
     assert "--random-weights needs names from" in capsys.readouterr().err
+
+
+def test_bench_compiles_only_fast_rows_when_asked(monkeypatch):
+    """--compile: the fast rows' encoders go through slimsam.compiled (stubbed: compiling is the slow part,
+    covered in test_compiled.py), the stock rows stay as transformers gives them."""
+    from slimsam import bench
+
+    compiled = []
+    monkeypatch.setattr(bench, "compile_encoder", lambda model: compiled.append(model) or model)
+    settings = bench.BenchSettings(repeats=1, batch=0, decode_repeats=0, compile=True)
+    results = bench.benchmark_models(["tiny"], settings, random_weights=True, attentions=bench.ATTENTIONS,
+                                     log=lambda message: None)
+    assert [(r.attention, r.compiled) for r in results] == [("stock", False), ("fast", True)]
+    assert len(compiled) == 1 and "fast, compiled" in bench.markdown_table(results, "tiny")

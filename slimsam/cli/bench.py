@@ -28,6 +28,9 @@ def add_parser(subparsers) -> None:
                         help="fast (default, as load_model and SamPredictor give): slimsam.fast_attention in the "
                              "encoder and slimsam.fast_decoder for clicks; stock: transformers' SamModel as it is; "
                              "both: each model twice, fast checked against stock")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the fast rows' encoders (CUDA graphs on a GPU; slimsam.compiled); "
+                             "compiling happens in untimed warm-up runs")
     parser.add_argument("--reference", help="model the ratios are to (default: sam-h if benchmarked, else the first)")
     parser.add_argument("--repeats", type=positive_int, default=5,
                         help="timed batch-1 encoder runs after one untimed warm-up run (default 5)")
@@ -55,7 +58,7 @@ def run(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = BenchSettings(device=args.device, dtype=args.dtype, repeats=args.repeats, budget_s=args.budget,
-                             batch=args.batch, decode_repeats=args.decode_repeats,
+                             batch=args.batch, decode_repeats=args.decode_repeats, compile=args.compile,
                              heap_kept=keep_freed_memory_in_heap())  # as the app serves clicks
     attentions = ATTENTIONS if args.attention == "both" else (args.attention,)
     reference = args.reference or ("sam-h" if "sam-h" in args.models else args.models[0])
