@@ -198,11 +198,15 @@ def fast_decode(model: SamModel, context: DecoderContext, input_points: torch.Te
         cached_image = context.first_queries if first else None
         keys = layer.layer_norm4(image_to_token(layer.cross_attn_image_to_token, image, queries + token_positions,
                                                 queries, keys, cached_image))
+    # The final attention treats tokens independently; only the iou token's and the chosen mask tokens'
+    # outputs are used, so only they attend (4 of ~7 tokens with multimask output).
+    chosen = range(1, decoder.num_mask_tokens) if multimask_output else range(1)
+    used = [0, *(1 + i for i in chosen)]
+    queries, token_positions = queries[:, used], token_positions[:, used]
     queries = transformer.layer_norm_final_attn(queries + token_to_image(
         transformer.final_attn_token_to_image, queries + token_positions, keys + context.positions, keys))
-
-    chosen = range(1, decoder.num_mask_tokens) if multimask_output else range(1)
-    hyper_in = torch.stack([decoder.output_hypernetworks_mlps[i](queries[:, 1 + i]) for i in chosen], dim=1)
+    hyper_in = torch.stack([decoder.output_hypernetworks_mlps[i](queries[:, 1 + j]) for j, i in enumerate(chosen)],
+                           dim=1)
     masks = upscaled_masks(decoder, keys, hyper_in, context.size)
     iou = decoder.iou_prediction_head(queries[:, 0])
     iou = iou[:, 1:] if multimask_output else iou[:, :1]
