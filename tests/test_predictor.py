@@ -57,6 +57,21 @@ def test_shared_cache_keys_include_the_model(photo, tmp_path):
     assert first.set_image(photo) == 0.0 and second.set_image(photo) == 0.0
 
 
+def test_a_model_changed_in_place_is_not_served_its_old_embeddings(photo):
+    """Pruning or training in place keeps the model's name; the cache must still tell the weights apart."""
+    from slimsam.pruning import prune
+
+    predictor = make_predictor()
+    calls = count_encoder_calls(predictor)
+    predictor.set_image(photo)
+    with torch.no_grad():  # an optimizer step, as far as the cache can tell
+        predictor.model.vision_encoder.neck.conv1.weight.mul_(0.5)
+    assert predictor.set_image(photo) > 0 and len(calls) == 2
+    prune(predictor.model, target="embedding", ratio=0.5, criterion="magnitude")
+    assert predictor.set_image(photo) > 0 and len(calls) == 3
+    assert predictor.set_image(photo) == 0.0  # unchanged since: a hit again
+
+
 def test_cache_is_lru_and_bounded():
     cache = EmbeddingCache(capacity=2)
     computed = []
