@@ -14,8 +14,11 @@ rewrites remove most of the first part:
   projection matrix can be multiplied onto the prompt side, e.g. softmax(q W_k^T X^T) X W_v instead of
   softmax(q (X W_k)^T) (X W_v). Same function, other order of multiplications (fp32 rounding only).
 
-What is left per click is about 0.8 GMAC, half of it the upscaling convolutions, which depend on
-the prompt through the image tokens. Mask prompts (dense embeddings other than "no mask"),
+Two smaller ones: the final attention runs only for the tokens whose outputs are used (the iou token
+and the chosen mask tokens), and the upscaling transposed convolutions run as matrix products on
+channel-last pixels, put in place once on the few mask channels (`upscaled_masks`).
+What is left per click is about 0.8 GMAC, half of it the upscaling, which depends on the prompt
+through the image tokens. Mask prompts (dense embeddings other than "no mask"),
 `attention_similarity` and `target_embedding` are not supported here: use the stock SamModel call.
 """
 from __future__ import annotations
