@@ -18,6 +18,7 @@ writes files.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -262,13 +263,28 @@ def _phase_loss(config: TrainConfig, alpha: float, student_encoder, teacher: Sam
     return embedding_aligning_loss(student_features, teacher_features, step1_features, alpha)
 
 
-def _check_resumable(saved: dict, config: TrainConfig) -> None:
+def _image_lists(train_paths: list[Path], val_paths: list[Path]) -> dict[str, dict]:
+    """What a run trained and validated on: per split, the number of files and a digest of their names in order
+    (the data order is a function of the seed and this list, so a resume needs the very same list)."""
+    def summary(paths: list[Path]) -> dict:
+        digest = hashlib.blake2b("\n".join(p.name for p in paths).encode(), digest_size=8).hexdigest()
+        return {"files": len(paths), "names_digest": digest}
+
+    return {"train": summary(train_paths), "val": summary(val_paths)}
+
+
+def _check_resumable(saved: dict, config: TrainConfig, images: dict[str, dict]) -> None:
+    """saved: the checkpoint; images: `_image_lists` of this call's data. Raises SettingsError on any difference."""
     current = config.result_settings()
-    changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
+    changed = {k: (saved["config"].get(k), v) for k, v in current.items() if saved["config"].get(k) != v}
+    changed.update({f"{split} images": (f"{old['files']} files", f"{new['files']} files")
+                    for split, new in images.items()
+                    if (old := saved.get("images", {}).get(split, new)) != new})  # older checkpoints: not recorded
     if changed:
-        details = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+        details = ", ".join(f"{k} {old} -> {new}" if old != new else f"{k} (other file names)"
+                            for k, (old, new) in changed.items())
         raise SettingsError(f"cannot resume: the run was started with other settings ({details}); "
-                            f"use the original settings or another output folder")
+                            f"use the original settings and data, or another output folder")
 
 
 def distill(student: SamModel, processor: SamProcessor, teacher: SamModel, train_paths: list[Path],
@@ -293,8 +309,9 @@ def distill(student: SamModel, processor: SamProcessor, teacher: SamModel, train
     device = torch.device(config.device)
     saved = torch.load(checkpoint_file, map_location=device, weights_only=False) \
         if checkpoint_file.exists() else None  # a file this trainer wrote, with RNG states that are not tensors
+    image_lists = _image_lists(train_paths, val_paths)
     if saved is not None:
-        _check_resumable(saved["config"], config)
+        _check_resumable(saved, config, image_lists)
     if model_dir.exists():
         if saved is None:
             raise FileExistsError(f"{model_dir} already exists and is not from a run of these settings")
@@ -336,7 +353,7 @@ def distill(student: SamModel, processor: SamProcessor, teacher: SamModel, train
     def save_checkpoint() -> None:
         if not is_main():
             return
-        state = {"config": config.result_settings(), "encoder": encoder.state_dict(),
+        state = {"config": config.result_settings(), "images": image_lists, "encoder": encoder.state_dict(),
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_states(),
                  "progress": asdict(progress), "best_encoder": best_encoder}
         replace_file_atomically(checkpoint_file, lambda handle: torch.save(state, handle))

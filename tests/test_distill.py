@@ -244,6 +244,14 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, images, embedding_prun
     with pytest.raises(SettingsError, match="lr"):
         student, processor = load_model(str(folder))
         distill(student, processor, teacher, train_paths, val_paths, tmp_path / "b", _config(lr=5e-4), resume=True)
+    with pytest.raises(SettingsError, match="train images 8 files -> 7 files"):
+        student, processor = load_model(str(folder))
+        distill(student, processor, teacher, train_paths[:-1], val_paths, tmp_path / "b", _config(epochs=2),
+                resume=True)
+    with pytest.raises(SettingsError, match=r"val images \(other file names\)"):
+        student, processor = load_model(str(folder))
+        distill(student, processor, teacher, train_paths, val_paths[::-1], tmp_path / "b", _config(epochs=2),
+                resume=True)
     (tmp_path / "b" / f".{CHECKPOINT_FILE}.999.tmp").write_bytes(b"half a checkpoint")  # as a kill leaves it
     (tmp_path / "b" / ".notes").write_text("the user's")
     resumed = run(tmp_path / "b", resume=True)
