@@ -138,8 +138,16 @@ class SamPredictor:
         self.processor = processor
         self.cache = cache if cache is not None else EmbeddingCache(cache_size)
         self.fast_decoder = fast_decoder
-        self.device = next(model.parameters()).device
         self.current: ImageEmbedding | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype: bf16/fp16 weights (load_model(dtype=...)) get their inputs cast to match."""
+        return next(self.model.parameters()).dtype
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str | torch.device | None = None,
@@ -162,7 +170,7 @@ class SamPredictor:
             nonlocal seconds
             start = time.perf_counter()
             inputs = self.processor(images=working, return_tensors="pt")
-            pixel_values = inputs["pixel_values"].to(self.device)
+            pixel_values = inputs["pixel_values"].to(self.device, self.dtype)
             with torch.inference_mode(), torch.autocast("cuda", torch.float16, enabled=self.device.type == "cuda"):
                 # clone: a compiled encoder (CUDA graphs) reuses its output buffer on the next call
                 embedding = self.model.get_image_embeddings(pixel_values).float().clone()
@@ -206,7 +214,8 @@ class SamPredictor:
                                         **kwargs)
         else:
             with torch.inference_mode():
-                output = self.model(image_embeddings=current.embedding, multimask_output=multimask_output, **kwargs)
+                output = self.model(image_embeddings=current.embedding.to(self.dtype),
+                                    multimask_output=multimask_output, **kwargs)
             masks, scores = output.pred_masks, output.iou_scores
         return masks[0].float(), scores[0].float()
 

@@ -146,6 +146,20 @@ def _batched(prompt: dict) -> dict:
                 boxes=None if "box" not in prompt else np.array([prompt["box"]], dtype=np.float32))
 
 
+def test_a_bfloat16_model_predicts_with_either_decoder(photo):
+    """load_model(dtype=torch.bfloat16) gives bf16 weights: inputs follow them, masks come back as usual."""
+    fast, stock = make_predictor(), make_predictor(fast_decoder=False)
+    for predictor in (fast, stock):
+        predictor.model.to(torch.bfloat16)
+        predictor.set_image(photo)
+        masks, scores = predictor.predict(points=[[256, 300]])
+        assert masks.shape == (3, 600, 512) and masks.dtype == bool and np.isfinite(scores).all()
+    fast_logits, _ = fast.decode_low_res(**_batched(dict(points=[[256, 300]])))
+    stock_logits, _ = stock.decode_low_res(**_batched(dict(points=[[256, 300]])))
+    assert fast_logits.dtype == torch.float32
+    assert torch.allclose(fast_logits, stock_logits, atol=0.05 * stock_logits.abs().max().item())  # bf16 rounding
+
+
 def test_box_and_negative_points_change_the_result(photo):
     predictor = make_predictor()
     predictor.set_image(photo)
