@@ -221,8 +221,8 @@ def benchmark_model(name: str, model: SamModel, processor: SamProcessor, attenti
             batch_runs = time_calls(lambda: encoder(pixels), device, warmup=extra_warmup, repeats=1)
             throughput = settings.batch / (batch_runs[0] / 1000)
     params, macs = count_parameters(model), encoder_macs(model)
-    result = ModelResult(name=name, attention=attention, compiled=compiled, params=params["total"], encoder_params=params["encoder"],
-                         macs=macs["linear_conv"], macs_with_attention=macs["total"],
+    result = ModelResult(name=name, attention=attention, compiled=compiled, params=params["total"],
+                         encoder_params=params["encoder"], macs=macs["linear_conv"], macs_with_attention=macs["total"],
                          encoder_ms_median=statistics.median(runs), encoder_ms_min=min(runs),
                          encoder_ms_max=max(runs), encoder_ms_runs=runs, peak_memory_mb=memory,
                          throughput_images_per_s=throughput)
