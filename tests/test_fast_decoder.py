@@ -40,7 +40,8 @@ def prompts(size: int, generator: torch.Generator) -> dict[str, dict]:
             "box": dict(input_boxes=box),
             "box and point": dict(input_points=points(1, 1), input_labels=torch.zeros(1, 1, 1, dtype=torch.long),
                                   input_boxes=box),
-            "a batch of 5 prompts": dict(input_points=points(5, 1), input_labels=torch.ones(1, 5, 1, dtype=torch.long))}
+            "a batch of 5 prompts": dict(input_points=points(5, 1), input_labels=torch.ones(1, 5, 1, dtype=torch.long)),
+            "a batch of 3 boxes": dict(input_boxes=box.repeat(1, 3, 1) * torch.tensor([[[1.0], [0.8], [0.5]]]))}
 
 
 def assert_close_relative(actual: torch.Tensor, expected: torch.Tensor, tolerance: float = 1e-4) -> None:
