@@ -161,40 +161,27 @@ def peak_memory_mb(function: Callable[[], object], device: torch.device) -> tupl
     return (max(peak, _rss_bytes()) - before) / 2 ** 20, result
 
 
-def _random_image(model: SamModel, rng: np.random.Generator) -> np.ndarray:
-    size = model.config.vision_config.image_size
-    return rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+def time_decode(predictor: SamPredictor, repeats: int, rng: np.random.Generator) -> list[float]:
+    """Milliseconds per click: `predictor.predict` with one point on its current (already encoded) image.
 
-
-def time_decode(model: SamModel, processor: SamProcessor, repeats: int, seed: int = 0,
-                fast_decoder: bool = True) -> list[float]:
-    """Milliseconds per click: `SamPredictor.predict` with one point, the image embedding already cached.
-
-    Each click is at a new random position (masks at the image's 1024x1024 size, 3 per click).
-    fast_decoder: slimsam.fast_decoder (the predictor's default) or SamModel's own decoder.
+    Each click is at a new random position (masks at the image's size, 3 per click).
     """
-    rng = np.random.default_rng(seed)
-    predictor = SamPredictor(model, processor, fast_decoder=fast_decoder)
-    predictor.set_image(_random_image(model, rng))
-    clicks = iter(rng.uniform(0, model.config.vision_config.image_size, (repeats + 3, 1, 2)))
+    height, width = predictor.require_image().original_size
+    clicks = iter(rng.uniform(0, 1, (repeats + 3, 1, 2)) * [width, height])
     return time_calls(lambda: predictor.predict(points=next(clicks)), predictor.device, warmup=3, repeats=repeats)
 
 
-def decoder_difference(model: SamModel, processor: SamProcessor, clicks: int = 5, seed: int = 0
+def decoder_difference(fast: SamPredictor, image: np.ndarray, rng: np.random.Generator, clicks: int = 5
                        ) -> tuple[float, float]:
-    """Max abs difference of slimsam.fast_decoder's mask logits from SamModel's decoder's, for random
-    clicks on a random image, and the largest stock logit (for scale)."""
-    rng = np.random.default_rng(seed)
-    image = _random_image(model, rng)
-    points = rng.uniform(0, model.config.vision_config.image_size, (clicks, 1, 2))  # single-point prompts
+    """Max abs difference of slimsam.fast_decoder's mask logits from SamModel's decoder's, for random clicks
+    on `image` (the fast predictor's current image), and the largest stock logit (for scale)."""
+    stock = SamPredictor(fast.model, fast.processor, cache=fast.cache, fast_decoder=False)
+    stock.set_image(image)  # a cache hit: the same model and image
+    height, width = image.shape[:2]
+    points = rng.uniform(0, 1, (clicks, 1, 2)) * [width, height]  # single-point prompts
     labels = np.ones((clicks, 1), dtype=np.int64)
-    fast = SamPredictor(model, processor, cache_size=1)
-    stock = SamPredictor(model, processor, cache=fast.cache, fast_decoder=False)
-    logits = []
-    for predictor in (fast, stock):
-        predictor.set_image(image)  # encoded once: the second call is a cache hit
-        logits.append(predictor.decode_low_res(points, labels)[0])
-    return (logits[0] - logits[1]).abs().max().item(), logits[1].abs().max().item()
+    fast_logits, stock_logits = (predictor.decode_low_res(points, labels)[0] for predictor in (fast, stock))
+    return (fast_logits - stock_logits).abs().max().item(), stock_logits.abs().max().item()
 
 
 def benchmark_model(name: str, model: SamModel, processor: SamProcessor, attention: str,
@@ -228,12 +215,16 @@ def benchmark_model(name: str, model: SamModel, processor: SamProcessor, attenti
                          throughput_images_per_s=throughput)
     if settings.decode_repeats:
         fast = attention == "fast"
-        decode = time_decode(model, processor, settings.decode_repeats, settings.seed, fast_decoder=fast)
+        rng = np.random.default_rng(settings.seed)
+        image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        predictor = SamPredictor(model, processor, cache_size=1, fast_decoder=fast)
+        predictor.set_image(image)  # encoded once, for the timed clicks and the comparison
+        decode = time_decode(predictor, settings.decode_repeats, rng)
         result.decode_ms_median, result.decode_ms_min, result.decode_ms_max = \
             statistics.median(decode), min(decode), max(decode)
         if fast:
             result.decode_max_abs_diff_vs_stock, result.extra["stock_mask_logits_max_abs"] = \
-                decoder_difference(model, processor, seed=settings.seed)
+                decoder_difference(predictor, image, rng)
     return result, embedding
 
 
