@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 
 import torch
 
 import slimsam
-from slimsam.bench import random_model
+from slimsam.bench import random_model, time_calls
 from slimsam.checkpoints import default_device
 from slimsam.fast_attention import enable_fast_attention
-from slimsam.features import encode
-from slimsam.losses import bottleneck_aligning_loss, embedding_aligning_loss
+from slimsam.train import TrainConfig, phase_loss
 
 
 def make_models(size: str, ratio: float, device: str) -> dict[str, torch.nn.Module]:
@@ -38,15 +36,9 @@ def make_models(size: str, ratio: float, device: str) -> dict[str, torch.nn.Modu
 
 
 def train_step(step: int, models: dict, student, optimizer, pixels: torch.Tensor, bf16: bool) -> None:
-    """One optimizer step of distillation step 1 or 2 (alpha = 0.5: every loss term on)."""
-    capture = ("qkv", "mlp") if step == 1 else ("blocks",)
-    with torch.autocast("cuda", torch.bfloat16, enabled=bf16):
-        with torch.no_grad():
-            teacher = encode(models["teacher"].vision_encoder, pixels, capture if step == 1 else ())
-            step1 = encode(models["step1"].vision_encoder, pixels, ("blocks",)) if step == 2 else None
-        features = encode(student.vision_encoder, pixels, capture)
-    loss, _ = (bottleneck_aligning_loss(features, teacher, 0.5) if step == 1
-               else embedding_aligning_loss(features, teacher, step1, 0.5))
+    """One optimizer step of distillation step 1 or 2, as slimsam.train takes it (alpha = 0.5: every loss term on)."""
+    loss, _ = phase_loss(TrainConfig(step=step), 0.5, student.vision_encoder, models["teacher"],
+                         models["step1"] if step == 2 else None, pixels, pixels.device, autocast=bf16)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -58,15 +50,9 @@ def images_per_second(step: int, models: dict, batch: int, bf16: bool, steps: in
     optimizer = torch.optim.Adam(student.vision_encoder.parameters(), lr=1e-4)
     size = student.config.vision_config.image_size
     pixels = torch.randn(batch, 3, size, size, device=device)
-    train_step(step, models, student, optimizer, pixels, bf16)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        train_step(step, models, student, optimizer, pixels, bf16)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return steps * batch / (time.perf_counter() - start)
+    times_ms = time_calls(lambda: train_step(step, models, student, optimizer, pixels, bf16), pixels.device,
+                          warmup=1, repeats=steps)
+    return steps * batch / (sum(times_ms) / 1000)
 
 
 def main() -> None:
@@ -84,11 +70,11 @@ def main() -> None:
     print(f"| step | naive (batch 1, fp32, stock attention) | tuned (batch {args.batch}, "
           f"{'bf16' if args.device == 'cuda' else 'fp32'}, fast attention) | speed-up |")
     print("|---|---|---|---|")
+    tuned_models = copy.deepcopy(models)
+    for model in tuned_models.values():
+        enable_fast_attention(model)
     for step in (1, 2):
         naive = images_per_second(step, models, 1, False, args.steps, args.device)
-        tuned_models = copy.deepcopy(models)
-        for model in tuned_models.values():
-            enable_fast_attention(model)
         tuned = images_per_second(step, tuned_models, args.batch, args.device == "cuda", args.steps, args.device)
         print(f"| {step} | {naive:.3g} images/s | {tuned:.3g} images/s | {tuned / naive:.2f}x |", flush=True)
 

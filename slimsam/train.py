@@ -247,11 +247,16 @@ def _restore_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def _phase_loss(config: TrainConfig, alpha: float, student_encoder, teacher: SamModel, step1_model: SamModel | None,
-                pixels: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
-    """The phase's loss on one micro-batch of (B, 3, S, S) pixels; teachers run without gradients."""
+def phase_loss(config: TrainConfig, alpha: float, student_encoder, teacher: SamModel, step1_model: SamModel | None,
+               pixels: torch.Tensor, device: torch.device, autocast: bool = True
+               ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The phase's loss on one micro-batch of (B, 3, S, S) pixels; teachers run without gradients.
+
+    autocast: bf16 on GPU as training does (False: full precision, for the naive baseline of
+    benchmarks/distill_throughput.py).
+    """
     student_capture = ("qkv", "mlp") if config.step == 1 else ("blocks",)
-    with _autocast(device):
+    with _autocast(device) if autocast else nullcontext():
         with torch.no_grad():
             teacher_features = encode(teacher.vision_encoder, pixels,
                                       student_capture if config.step == 1 and alpha > 0 else ())
@@ -384,7 +389,7 @@ def distill(student: SamModel, processor: SamProcessor, teacher: SamModel, train
                 progress.skipped += skipped
                 pixels = pixels.to(device)
                 with nullcontext() if steps_now or processes == 1 else trained.no_sync():
-                    loss, terms = _phase_loss(config, alpha, trained, teacher, step1_model, pixels, device)
+                    loss, terms = phase_loss(config, alpha, trained, teacher, step1_model, pixels, device)
                     (loss * (weight / group_size)).backward()
                 progress.epoch_loss_sum += loss.item() * weight
                 progress.epoch_loss_count += int(weight)

@@ -224,7 +224,7 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, images, embedding_prun
     uninterrupted = run(tmp_path / "a")
 
     calls = 0
-    real_loss = slimsam.train._phase_loss
+    real_loss = slimsam.train.phase_loss
 
     def interrupting_loss(*args, **kwargs):
         nonlocal calls
@@ -233,10 +233,10 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, images, embedding_prun
             raise KeyboardInterrupt
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(slimsam.train, "_phase_loss", interrupting_loss)
+    monkeypatch.setattr(slimsam.train, "phase_loss", interrupting_loss)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "b")
-    monkeypatch.setattr(slimsam.train, "_phase_loss", real_loss)
+    monkeypatch.setattr(slimsam.train, "phase_loss", real_loss)
     saved = torch.load(tmp_path / "b" / CHECKPOINT_FILE, weights_only=False)["progress"]
     assert (saved["epoch"], saved["batch"]) == (1, 4)
     with pytest.raises(FileExistsError, match="--resume"):
