@@ -56,12 +56,12 @@ def lean_backward(model: SamModel) -> Iterator[None]:
 
 
 def accumulate_disturbed_taylor_gradients(model: SamModel, pixel_values: Iterable[torch.Tensor],
-                                          teacher: SamModel | None = None, noise_std: float = NOISE_STD,
-                                          seed: int = 0, total: int | None = None, progress: bool = True) -> int:
+                                          noise_std: float = NOISE_STD, seed: int = 0, total: int | None = None,
+                                          progress: bool = True) -> int:
     """Sum d(disturbed_taylor_loss)/dw over images into the encoder's `.grad`; returns the image count.
 
-    pixel_values: iterable of (1, 3, S, S) processed images. The target is `teacher`'s embedding,
-    or by default the model's own (a frozen copy of itself, without the memory of one).
+    pixel_values: iterable of (1, 3, S, S) processed images. The target is the model's own embedding
+    (a frozen copy of itself, without the memory of one).
     """
     encoder = model.vision_encoder
     encoder.zero_grad(set_to_none=True)
@@ -72,12 +72,7 @@ def accumulate_disturbed_taylor_gradients(model: SamModel, pixel_values: Iterabl
         for pixels in tqdm(pixel_values, total=total, desc="disturbed-taylor gradients", disable=not progress):
             pixels = pixels.to(device)
             embedding = encoder(pixels).last_hidden_state
-            if teacher is None:
-                target = embedding.detach()
-            else:
-                with torch.inference_mode():
-                    target = teacher.vision_encoder(pixels).last_hidden_state.clone()
-            disturbed_taylor_loss(embedding, target, noise_std, generator).backward()
+            disturbed_taylor_loss(embedding, embedding.detach(), noise_std, generator).backward()
             count += 1
     return count
 
