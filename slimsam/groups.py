@@ -95,10 +95,10 @@ def mlp_group(model: SamModel, index: int) -> ChannelGroup:
                         (Member(mlp.lin1, "linear_out", ident), Member(mlp.lin2, "linear_in", ident)))
 
 
-def bottleneck_groups(model: SamModel) -> list[ChannelGroup]:
-    """Attention then MLP group of every block, in layer order."""
+def bottleneck_groups(model: SamModel) -> tuple[list[ChannelGroup], list[ChannelGroup]]:
+    """The attention groups and the MLP groups of every block, each list in layer order."""
     n = len(model.vision_encoder.layers)
-    return [attention_group(model, i) for i in range(n)] + [mlp_group(model, i) for i in range(n)]
+    return [attention_group(model, i) for i in range(n)], [mlp_group(model, i) for i in range(n)]
 
 
 # Our own instance, always along the last dim. Not tp.prune_parameter_out_channels: that is one shared

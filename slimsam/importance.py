@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import SamModel
 
-from slimsam.groups import ChannelGroup, attention_group, embedding_group, mlp_group
+from slimsam.groups import ChannelGroup, bottleneck_groups, embedding_group
 
 CRITERIA = ("disturbed-taylor", "taylor", "magnitude", "random")  # "taylor": labels, see slimsam.label_taylor
 NOISE_STD = 0.01
@@ -113,7 +113,8 @@ def embedding_scores(model: SamModel, criterion: str, generator: torch.Generator
 def bottleneck_scores(model: SamModel, criterion: str, generator: torch.Generator | None = None
                       ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per block: (head_dim,) attention scores and (mlp_dim,) MLP scores."""
-    n = len(model.vision_encoder.layers)
-    attention = [group_importance(attention_group(model, i), criterion, generator) for i in range(n)]
-    mlp = [group_importance(mlp_group(model, i), criterion, generator) for i in range(n)]
+    attn_groups, mlp_groups = bottleneck_groups(model)
+    # Every attention group before any MLP group: "random" draws from `generator` in this order.
+    attention = [group_importance(g, criterion, generator) for g in attn_groups]
+    mlp = [group_importance(g, criterion, generator) for g in mlp_groups]
     return attention, mlp

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 from transformers import SamModel, SamProcessor
 
-from slimsam.groups import attention_group, embedding_group, mlp_group, prune_group
+from slimsam.groups import bottleneck_groups, embedding_group, prune_group
 from slimsam.images import ImageFolderError
 from slimsam.importance import CRITERIA, accumulate_disturbed_taylor_gradients, bottleneck_scores, embedding_scores
 from slimsam.label_taylor import accumulate_label_taylor_gradients
@@ -107,8 +107,7 @@ def prune_bottlenecks(model: SamModel, ratio: float, attention_scores: list[torc
     encoder = model.vision_encoder
     heads = encoder.config.num_attention_heads
     layers = encoder.layers
-    attn_groups = [attention_group(model, i) for i in range(len(layers))]
-    mlp_groups = [mlp_group(model, i) for i in range(len(layers))]
+    attn_groups, mlp_groups = bottleneck_groups(model)
     # Per block: head dim rounded so that heads * head_dim is a multiple of heads (always true),
     # MLP width rounded down to a multiple of heads.
     attn_keep_counts = [kept_count(g.num_channels * heads, ratio, heads) // heads for g in attn_groups]
