@@ -20,7 +20,7 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 from transformers import SamProcessor
 
-from slimsam.images import ImageFolderError, SkipCounter, list_images, open_rgb
+from slimsam.images import ImageFolderError, list_images, open_rgb, read_pixel_values
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,8 @@ class ImageDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor | None:
-        try:
-            image = open_rgb(self.paths[index])
-        except OSError as error:
-            log.warning("skipping %s", error)
-            return None
-        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+        pixels = read_pixel_values(self.paths[index], self.processor)
+        return None if pixels is None else pixels[0]
 
 
 def collate_pixels(batch: list[torch.Tensor | None]) -> tuple[torch.Tensor | None, int]:
@@ -132,7 +128,7 @@ class SA1BDataset(Dataset):
                 "path": path}
 
 
-def iter_sa1b(paths: list[Path], processor: SamProcessor, skipped: SkipCounter | None = None) -> Iterator[dict]:
+def iter_sa1b(paths: list[Path], processor: SamProcessor, skipped: list[Path] | None = None) -> Iterator[dict]:
     """SA1BDataset items of `paths` in order, unreadable ones left out (logged, and recorded in `skipped`)."""
     dataset = SA1BDataset(paths, processor)
     for index, path in enumerate(dataset.paths):
@@ -140,4 +136,4 @@ def iter_sa1b(paths: list[Path], processor: SamProcessor, skipped: SkipCounter |
         if sample is not None:
             yield sample
         elif skipped is not None:
-            skipped.skipped.append(path)
+            skipped.append(path)

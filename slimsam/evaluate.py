@@ -17,7 +17,6 @@ from tqdm.auto import tqdm
 from transformers import SamModel, SamProcessor
 
 from slimsam.data import iter_sa1b
-from slimsam.images import SkipCounter
 
 PROMPTS = ("point", "box")
 
@@ -87,7 +86,7 @@ def evaluate(model: SamModel, processor: SamProcessor, paths: Iterable[Path], pr
     if prompt not in PROMPTS:
         raise ValueError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
     paths = list(paths)
-    skipped = SkipCounter()
+    skipped: list[Path] = []
     per_image, annotations = [], 0
     for sample in tqdm(iter_sa1b(paths, processor, skipped), total=len(paths), desc=f"mIoU ({prompt} prompts)",
                        disable=not progress):

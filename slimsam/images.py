@@ -74,29 +74,27 @@ def open_rgb(path: str | Path, max_side: int | None = None) -> Image.Image:
         raise OSError(f"cannot read image {path}: {error}") from error
 
 
-class SkipCounter:
-    """Counts files skipped as unreadable, for the end-of-run summary."""
-
-    def __init__(self) -> None:
-        self.skipped: list[Path] = []
-
-    def __len__(self) -> int:
-        return len(self.skipped)
+def read_pixel_values(path: Path, processor: SamProcessor) -> torch.Tensor | None:
+    """(1, 3, S, S) SAM-preprocessed pixels of one image file, or None (logged) when it is unreadable."""
+    try:
+        image = open_rgb(path)
+    except OSError as error:
+        log.warning("skipping %s", error)
+        return None
+    return processor(images=image, return_tensors="pt")["pixel_values"]
 
 
 def iter_pixel_values(paths: list[Path], processor: SamProcessor, limit: int | None = None,
-                      skipped: SkipCounter | None = None) -> Iterator[torch.Tensor]:
-    """Yield (1, 3, S, S) SAM-preprocessed images, skipping unreadable files (logged and counted)."""
+                      skipped: list[Path] | None = None) -> Iterator[torch.Tensor]:
+    """Yield (1, 3, S, S) SAM-preprocessed images, skipping unreadable files (logged, and appended to `skipped`)."""
     yielded = 0
     for path in paths:
         if limit is not None and yielded >= limit:
             return
-        try:
-            image = open_rgb(path)
-        except OSError as error:
-            log.warning("skipping %s", error)
+        pixels = read_pixel_values(path, processor)
+        if pixels is None:
             if skipped is not None:
-                skipped.skipped.append(path)
+                skipped.append(path)
             continue
         yielded += 1
-        yield processor(images=image, return_tensors="pt")["pixel_values"]
+        yield pixels

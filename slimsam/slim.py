@@ -27,7 +27,7 @@ from transformers import SamModel
 
 from slimsam.checkpoints import export_model, load_model, read_history, resolve, save_model
 from slimsam.distributed import barrier, broadcast_from_main, is_main
-from slimsam.images import SkipCounter, iter_pixel_values
+from slimsam.images import iter_pixel_values
 from slimsam.pruning import prune
 from slimsam.train import SettingsError, TrainConfig, distill, embedding_mse, remove_stale_temporaries, \
     train_and_val_paths, write_json_atomically
@@ -54,10 +54,10 @@ class SlimSettings:
     epochs: int  # per distillation phase
     val_size: int = 50
     grad_size: int = 1000  # images in each disturbed-Taylor gradient pass (the first ones of the training set)
-    seed: int = 0
-    lr: float = 1e-4
-    batch_size: int = 4
-    micro_batch: int = 1
+    seed: int = TrainConfig.seed  # the training hyperparameters' defaults are TrainConfig's (the paper's)
+    lr: float = TrainConfig.lr
+    batch_size: int = TrainConfig.batch_size
+    micro_batch: int = TrainConfig.micro_batch
 
     def train_config(self, step: int, device: torch.device, num_workers: int, checkpoint_every: int) -> TrainConfig:
         return TrainConfig(step=step, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
@@ -110,7 +110,7 @@ def _prune_phase(source: Path | str, target: str, settings: SlimSettings, grad_p
     """Load `source`, prune its `target` with disturbed-Taylor importance, save it to `folder` (rank 0 only)."""
     if not folder.exists() and is_main():
         model, processor = load_model(str(source), device=device)
-        skipped = SkipCounter()
+        skipped: list[Path] = []
         record = prune(model, target, settings.ratio, "local", "disturbed-taylor",
                        iter_pixel_values(grad_paths, processor, skipped=skipped), num_images=len(grad_paths),
                        seed=settings.seed)

@@ -6,7 +6,7 @@ from pathlib import Path
 from slimsam.checkpoints import load_model, read_history, resolve, save_model
 from slimsam.cli.args import add_device, positive_int, ratio
 from slimsam.data import find_sa1b_images, iter_sa1b
-from slimsam.images import SkipCounter, iter_pixel_values, list_images
+from slimsam.images import iter_pixel_values, list_images
 from slimsam.importance import CRITERIA
 from slimsam.pruning import SCOPES, TARGETS, prune
 from slimsam.stats import count_parameters, encoder_macs
@@ -48,7 +48,7 @@ def run(args) -> None:
         paths = find(args.images)[:args.grad_size]
     model, processor = load_model(args.model, device=args.device)
     before = _summary(model)
-    skipped = SkipCounter()
+    skipped: list[Path] = []
     labelled = args.importance == "taylor"
     pixels = iter_pixel_values(paths, processor, skipped=skipped) if paths and not labelled else None
     samples = iter_sa1b(paths, processor, skipped) if labelled else None
