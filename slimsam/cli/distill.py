@@ -16,20 +16,23 @@ from slimsam.train import SettingsError, TrainConfig, distill, train_and_val_pat
 
 def add_training_args(parser: argparse.ArgumentParser) -> None:
     """Data and hyperparameter options shared by `distill` and `slim` (defaults: the paper's)."""
-    parser.add_argument("--train", required=True, help="folder of training images (subfolders included)")
+    parser.add_argument("--train", required=True, help="folder of training images (the images directly inside it)")
     parser.add_argument("--val", help="folder of validation images; with SA-1B annotations (sa_<n>.json) the best "
                                       "checkpoint and the lr schedule follow point-prompt mIoU, else embedding MSE "
                                       "(default: hold out --val-size training images)")
     parser.add_argument("--val-size", type=positive_int, default=50, help="images held out when --val is not given")
-    parser.add_argument("--epochs", type=positive_int, default=20, help="epochs per distillation phase (default 20)")
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--batch-size", type=positive_int, default=4,
-                        help="images per optimizer step, all processes together (default 4)")
-    parser.add_argument("--micro-batch", type=positive_int, default=1, help="images per forward pass per process")
-    parser.add_argument("--seed", type=int, default=0)
+    defaults = TrainConfig(step=1)  # the hyperparameters' single source of truth
+    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs,
+                        help="epochs per distillation phase (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
+                        help="images per optimizer step, all processes together (default %(default)s)")
+    parser.add_argument("--micro-batch", type=positive_int, default=defaults.micro_batch,
+                        help="images per forward pass per process")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--num-workers", type=int, help="data loading processes (default: 2 on GPU; 0 on CPU, "
                                                          "where they would take cores from the training itself)")
-    parser.add_argument("--checkpoint-every", type=int, default=250,
+    parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every,
                         help="optimizer steps between checkpoints within an epoch (0: only at epoch ends)")
     add_device(parser)
 
