@@ -55,10 +55,9 @@ def read_dims(model: SamModel) -> EncoderDims:
 def sync_config(model: SamModel) -> None:
     """Write the encoder's real hidden size (and MLP width, when uniform) into its config."""
     dims = read_dims(model)
-    config = model.config.vision_config
+    config = model.config.vision_config  # the very object model.vision_encoder.config is
     config.hidden_size = dims.hidden_size
     config.mlp_dim = max(layer.mlp_dim for layer in dims.layers)
-    model.vision_encoder.config = config
 
 
 def resize_layers(model: SamModel, dims: EncoderDims) -> None:
