@@ -29,7 +29,7 @@ from slimsam.checkpoints import export_model, load_model, read_history, resolve,
 from slimsam.distributed import barrier, broadcast_from_main, is_main
 from slimsam.images import iter_pixel_values
 from slimsam.pruning import prune
-from slimsam.train import SettingsError, TrainConfig, distill, embedding_mse, remove_stale_temporaries, \
+from slimsam.train import SettingsError, TeacherEmbeddings, TrainConfig, distill, remove_stale_temporaries, \
     train_and_val_paths, write_json_atomically
 
 log = logging.getLogger(__name__)
@@ -140,12 +140,13 @@ def slim(settings: SlimSettings, out: str | Path, device: torch.device, num_work
     torch.manual_seed(settings.seed)
     grad_paths = train_paths[:settings.grad_size]
 
+    targets = TeacherEmbeddings(teacher, val_paths, processor, settings.micro_batch, num_workers)
+
     def measure(phase: str, model_folder: Path) -> None:
         """Record the embedding MSE to the teacher of a phase's result, once (rank 0)."""
         if is_main() and phase not in record["embedding_mse"]:
             model, _ = load_model(str(model_folder), device=device)
-            record["embedding_mse"][phase] = embedding_mse(model, teacher, val_paths, processor,
-                                                           settings.micro_batch, num_workers)
+            record["embedding_mse"][phase] = targets.mse(model)
             write_json_atomically(out / SETTINGS_FILE, record)
             log.info("embedding MSE to the teacher after %s: %.6g", phase, record["embedding_mse"][phase])
 

@@ -26,7 +26,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -170,29 +170,52 @@ def train_and_val_paths(train: str | Path, val: str | Path | None, val_size: int
 
 # ---- validation ----------------------------------------------------------------------------------------
 
-@torch.no_grad()
+class TeacherEmbeddings:
+    """The teacher's image embeddings of a fixed list of images, for measuring students against them.
+
+    Computed once, on the first `mse` call, and kept on the CPU (4 MB per 1024-px image): validating a
+    student every epoch, or each phase's result in `slim`, then runs only the student. Batches follow
+    `paths` in order (batch_size images each, unreadable ones dropped), the same for every call.
+    """
+
+    def __init__(self, teacher: SamModel, paths: list[Path], processor: SamProcessor, batch_size: int = 1,
+                 num_workers: int = 0) -> None:
+        self.teacher, self.paths, self.processor = teacher, list(paths), processor
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self._batches: list[torch.Tensor] | None = None  # (B, C, h, w) float32 per readable batch, on the CPU
+
+    def _pixel_batches(self, device: torch.device) -> Iterator[torch.Tensor]:
+        loader = DataLoader(ImageDataset(self.paths, self.processor), batch_size=self.batch_size,
+                            collate_fn=collate_pixels, num_workers=self.num_workers)
+        return (pixels.to(device) for pixels, _ in loader if pixels is not None)
+
+    @staticmethod
+    def _embed(model: SamModel, pixels: torch.Tensor) -> torch.Tensor:
+        with _autocast(pixels.device):
+            return model.vision_encoder(pixels).last_hidden_state.float()
+
+    @torch.no_grad()
+    def mse(self, student: SamModel) -> float:
+        """Mean over readable images of MSE(student's image embedding, teacher's); models on one device."""
+        device = next(student.parameters()).device
+        if self._batches is None:
+            self._batches = [self._embed(self.teacher, pixels).cpu() for pixels in self._pixel_batches(device)]
+        if not self._batches:
+            raise ValueError("no readable validation images")
+        was_training = student.vision_encoder.training
+        student.vision_encoder.eval()
+        total = 0.0
+        for pixels, target in zip(self._pixel_batches(device), self._batches):
+            difference = self._embed(student, pixels) - target.to(device)
+            total += difference.pow(2).mean(dim=(1, 2, 3)).sum().item()
+        student.vision_encoder.train(was_training)
+        return total / sum(len(batch) for batch in self._batches)
+
+
 def embedding_mse(student: SamModel, teacher: SamModel, paths: list[Path], processor: SamProcessor,
                   batch_size: int = 1, num_workers: int = 0) -> float:
-    """Mean over readable images of MSE(student's image embedding, teacher's); both models on one device."""
-    device = next(student.parameters()).device
-    was_training = student.vision_encoder.training
-    student.vision_encoder.eval()
-    total, count = 0.0, 0
-    loader = DataLoader(ImageDataset(paths, processor), batch_size=batch_size, collate_fn=collate_pixels,
-                        num_workers=num_workers)
-    for pixels, _ in loader:
-        if pixels is None:
-            continue
-        pixels = pixels.to(device)
-        with _autocast(device):
-            difference = student.vision_encoder(pixels).last_hidden_state.float() \
-                - teacher.vision_encoder(pixels).last_hidden_state.float()
-        total += difference.pow(2).mean(dim=(1, 2, 3)).sum().item()
-        count += len(pixels)
-    student.vision_encoder.train(was_training)
-    if count == 0:
-        raise ValueError("no readable validation images")
-    return total / count
+    """Mean over readable images of MSE(student's image embedding, teacher's), once (TeacherEmbeddings to reuse)."""
+    return TeacherEmbeddings(teacher, paths, processor, batch_size, num_workers).mse(student)
 
 
 @dataclass(frozen=True)
@@ -212,8 +235,8 @@ def make_validation(val_paths: list[Path], teacher: SamModel, processor: SamProc
         if is_main():
             log.info("validation: %d images without SA-1B annotations, so the best checkpoint and the lr schedule "
                      "follow the embedding MSE to the teacher (lower is better) instead of mIoU", len(val_paths))
-        return Validation("embedding_mse", False, lambda student: embedding_mse(
-            student, teacher, val_paths, processor, config.micro_batch, config.num_workers))
+        targets = TeacherEmbeddings(teacher, val_paths, processor, config.micro_batch, config.num_workers)
+        return Validation("embedding_mse", False, targets.mse)
     return Validation("miou", True, lambda student: _miou(student, processor, val_paths))
 
 
