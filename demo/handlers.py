@@ -126,7 +126,7 @@ def compute_pane(ctx: AppContext, model_label: str, multimask: bool, session: Se
         return replace(result, error=str(error))
     predictor = SamPredictor(loaded.model, loaded.processor, cache=session.cache)
     report(0.1, desc=f"{model_label}: encoding the image (once per image)…")
-    seconds = predictor.set_image(image)
+    seconds = predictor.set_image(image, image_id)  # image_id: no re-hashing on every click
     if seconds:
         session.encode_times[model_label, image_id] = seconds
     result = replace(result, parameters=loaded.parameters, encode_cached=not seconds,
