@@ -21,7 +21,7 @@ from transformers import SamConfig, SamModel, SamProcessor
 from slimsam.compiled import compile_encoder
 from slimsam.configs import processor_for
 from slimsam.fast_attention import enable_fast_attention
-from slimsam.structure import EncoderDims, empty_model, read_dims
+from slimsam.structure import EncoderDims, empty_model, read_dims, sync_config
 
 ALIASES = {
     "sam-b": "facebook/sam-vit-base",
@@ -191,8 +191,7 @@ def export_model(model: SamModel, processor: SamProcessor, folder: str | Path, o
             f"({dims.hidden_size}/{dims.num_heads}) and one MLP width in every layer, but the layers have "
             f"(head_dim, mlp_dim) in {widths[:4]}. Prune with --scope local (and finish step 2 after step 1), "
             f"or keep this project's format and load it with slimsam.load_model.")
-    config = model.config
-    config.vision_config.mlp_dim = dims.layers[0].mlp_dim
+    sync_config(model)  # config.json must describe the weights' shapes for vanilla from_pretrained
     folder = Path(folder)
 
     def write(tmp: Path) -> None:
