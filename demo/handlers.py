@@ -127,10 +127,9 @@ def compute_pane(ctx: AppContext, model_label: str, multimask: bool, session: Se
     predictor = SamPredictor(loaded.model, loaded.processor, cache=session.cache)
     report(0.1, desc=f"{model_label}: encoding the image (once per image)…")
     seconds = predictor.set_image(image, image_id)  # image_id: no re-hashing on every click
-    if seconds:
-        session.encode_times[model_label, image_id] = seconds
+    # On a cache hit (0.0 s) the embedding still knows how long its first encode took: that is what is shown.
     result = replace(result, parameters=loaded.parameters, encode_cached=not seconds,
-                     encode_seconds=session.encode_times.get((model_label, image_id), seconds))
+                     encode_seconds=predictor.current.encode_seconds)
     if prompts.is_empty:
         return result
     start = time.perf_counter()

@@ -44,7 +44,6 @@ class Session:
     original_size: tuple[int, int] = (0, 0)  # (W, H) of the uploaded photo, upright; `image` may be smaller
     prompts: Prompts = field(default_factory=Prompts)
     models: dict[str, str] = field(default_factory=dict)  # side -> menu label the pane last used
-    encode_times: dict[tuple[str, str], float] = field(default_factory=dict)  # (model, image_id) -> seconds
     results: dict[str, PaneResult] = field(default_factory=dict)  # side -> latest result
 
     def is_current(self, result: PaneResult) -> bool:

@@ -41,6 +41,7 @@ class ImageEmbedding:
     working_size: tuple[int, int]  # (H, W) after shrinking to MAX_WORKING_SIDE (== original_size if smaller)
     input_size: tuple[int, int]  # (H, W) after resizing to the model's input size, before padding
     decoder_context: DecoderContext  # the prompt-independent part of the mask decoder (fast_decoder)
+    encode_seconds: float  # how long the image encoder took to make `embedding` (cache hits reuse it)
 
 
 class EmbeddingCache:
@@ -159,7 +160,8 @@ class SamPredictor:
     # ----------------------------------------------------------------------------------- encoding
 
     def set_image(self, image: Image.Image | np.ndarray, image_id: str | None = None) -> float:
-        """Make `image` the current image, encoding it unless cached; returns encoder seconds (0.0 on a hit).
+        """Make `image` the current image, encoding it unless cached; returns encoder seconds (0.0 on a hit;
+        `current.encode_seconds` keeps the time of the encode that made the embedding).
 
         image_id: `image_hash(image)` of this very array, from a caller that has it already (the app hashes
         each upload once). A cache hit then neither converts nor hashes the image (about 20 ms for a
@@ -195,7 +197,7 @@ class SamPredictor:
             seconds = time.perf_counter() - start
             return ImageEmbedding(embedding, original_size, working.shape[:2],
                                   tuple(int(v) for v in inputs["reshaped_input_sizes"][0]),
-                                  prepare_decoder(self.model, embedding))
+                                  prepare_decoder(self.model, embedding), seconds)
 
         self.current, _ = self.cache.get_or_compute(key, encode)
         return seconds
