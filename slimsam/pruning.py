@@ -108,9 +108,9 @@ def prune_bottlenecks(model: SamModel, ratio: float, attention_scores: list[torc
     heads = encoder.config.num_attention_heads
     layers = encoder.layers
     attn_groups, mlp_groups = bottleneck_groups(model)
-    # Per block: head dim rounded so that heads * head_dim is a multiple of heads (always true),
-    # MLP width rounded down to a multiple of heads.
-    attn_keep_counts = [kept_count(g.num_channels * heads, ratio, heads) // heads for g in attn_groups]
+    # Per block: the head dim needs no rounding (heads * head_dim is a multiple of heads whatever it is);
+    # the MLP width is rounded down to a multiple of heads.
+    attn_keep_counts = [kept_count(g.num_channels, ratio) for g in attn_groups]
     mlp_keep_counts = [kept_count(g.num_channels, ratio, heads) for g in mlp_groups]
     if scope == "local":
         attn_keep = [top_channels(s, n) for s, n in zip(attention_scores, attn_keep_counts)]
