@@ -52,14 +52,15 @@ def load_photo(session: Session, path: str | None) -> tuple[np.ndarray, str]:
         fail("No file: upload a photo or pick an example.")
     name = Path(path).name
     try:
-        with Image.open(path) as header:
-            full_size = header.size
+        with Image.open(path) as header:  # the full size, which open_rgb's downscaled copy no longer tells
+            width, height = header.size
+            # EXIF orientations 5-8 are quarter turns (to_rgb applies them): the upright photo is height x width.
+            # (A PNG decodes here to find its EXIF; the copy is freed when the file closes.)
+            if header.getexif().get(0x0112) in (5, 6, 7, 8):
+                width, height = height, width
         image = np.asarray(open_rgb(path, max_side=MAX_WORKING_SIDE))
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         fail(f"Cannot read {name}: it is not an image or it is damaged ({error.__cause__ or error}).")
-    width, height = full_size
-    if (image.shape[1] > image.shape[0]) != (width > height):  # EXIF said rotate by 90 degrees
-        width, height = height, width
     session.image, session.image_id, session.image_name = image, image_hash(image), name
     session.original_size = (width, height)
     session.image_note = (f" (downscaled from {width}x{height}: the models see 1024 px anyway)"
