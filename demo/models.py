@@ -29,8 +29,6 @@ except ImportError:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    label: str
-    source: str  # the Hub id or folder it was loaded from
     model: SamModel
     processor: SamProcessor
     parameters: int  # of the whole SamModel
@@ -82,7 +80,7 @@ class ModelStore:
         except (WeightsNotFoundError, FileNotFoundError) as error:
             return ModelLoadError(f"{label} ({resolve(source)}) is not available: {error} "
                                   f"To use a copy on disk, start the app with `--left FOLDER` or `--right FOLDER`.")
-        return LoadedModel(label, resolve(source), model, processor, count_parameters(model)["total"])
+        return LoadedModel(model, processor, count_parameters(model)["total"])
 
 
 def menu_with(choice: str, sources: dict[str, str]) -> tuple[str, dict[str, str]]:
