@@ -63,8 +63,6 @@ def load_photo(session: Session, path: str | None) -> tuple[np.ndarray, str]:
         fail(f"Cannot read {name}: it is not an image or it is damaged ({error.__cause__ or error}).")
     session.image, session.image_id, session.image_name = image, image_hash(image), name
     session.original_size = (width, height)
-    session.image_note = (f" (downscaled from {width}x{height}: the models see 1024 px anyway)"
-                          if width > image.shape[1] else "")
     session.prompts = session.prompts.cleared()
     session.results.clear()
     return show_prompts(session)
@@ -74,7 +72,10 @@ def show_prompts(session: Session) -> tuple[np.ndarray, str]:
     """The photo with the prompts drawn on it, and a status line."""
     image = require_image(session)
     height, width = image.shape[:2]
-    status = f"**{session.image_name}** {width}x{height}{session.image_note} · {session.prompts.describe()}"
+    full_width, full_height = session.original_size
+    note = (f" (downscaled from {full_width}x{full_height}: the models see 1024 px anyway)"
+            if full_width > width else "")
+    status = f"**{session.image_name}** {width}x{height}{note} · {session.prompts.describe()}"
     return draw_prompts(image, session.prompts), status
 
 

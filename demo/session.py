@@ -40,7 +40,6 @@ class Session:
     image: np.ndarray | None = None  # (H, W, 3) uint8, at most MAX_WORKING_SIDE px on its longest side
     image_id: str = ""  # content hash of `image`
     image_name: str = ""
-    image_note: str = ""  # e.g. that it was downscaled
     original_size: tuple[int, int] = (0, 0)  # (W, H) of the uploaded photo, upright; `image` may be smaller
     prompts: Prompts = field(default_factory=Prompts)
     models: dict[str, str] = field(default_factory=dict)  # side -> menu label the pane last used
