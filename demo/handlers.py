@@ -147,12 +147,25 @@ def compute_pane(ctx: AppContext, model_label: str, multimask: bool, session: Se
     return replace(result, decode_seconds=time.perf_counter() - start, masks=masks, scores=scores)
 
 
+# Functions, not constants: Gradio pops keys from the update dicts it is given.
+def no_candidates() -> dict:
+    return gr.update(choices=[], value=None, visible=False)
+
+
+def no_download() -> dict:
+    return gr.update(value=None, interactive=False)
+
+
+def empty_pane(text: str = ""):
+    """A pane's components with nothing but `text` to show (no image yet, an outdated result, an error)."""
+    return None, no_candidates(), text, no_download()
+
+
 def run_pane(ctx: AppContext, side: str, model_label: str, multimask: bool, session: Session, progress=None):
     """Event: bring one pane up to date with the session's image and prompts."""
     session.models[side] = model_label
     if session.image is None:
-        return None, gr.update(choices=[], value=None, visible=False), \
-            "Upload a photo or pick an example, then click on an object.", gr.update(value=None, interactive=False)
+        return empty_pane("Upload a photo or pick an example, then click on an object.")
     session.results[side] = compute_pane(ctx, model_label, multimask, session, progress)
     return show_pane(ctx, side, session)
 
@@ -168,21 +181,19 @@ def select_candidate(ctx: AppContext, side: str, index: int | None, session: Ses
 def show_pane(ctx: AppContext, side: str, session: Session):
     """A pane's components (overlay image, candidate choice, text, download) for its latest result."""
     result = session.results.get(side)
-    no_candidates = gr.update(choices=[], value=None, visible=False)
-    no_download = gr.update(value=None, interactive=False)
     if result is None or result.image_id != session.image_id:
-        return None, no_candidates, "", no_download
+        return empty_pane()
     if result.error:
-        return None, no_candidates, f"**{result.model}** · ⚠️ {result.error}", no_download
+        return empty_pane(f"**{result.model}** · ⚠️ {result.error}")
     picture = overlay(session, result)
-    download = no_download
+    download = no_download()
     if result.mask is not None:
         download = gr.update(value=render.save_png(result.mask, ctx.mask_folder, f"{result.model}-mask"),
                              interactive=True)
     elif result.labels is not None:
         download = gr.update(value=render.save_png(result.labels, ctx.mask_folder, f"{result.model}-everything"),
                              interactive=True)
-    candidates = no_candidates
+    candidates = no_candidates()
     if result.masks is not None and len(result.masks) > 1:
         candidates = gr.update(choices=[(f"#{i + 1} · IoU {score:.3f}", i) for i, score in enumerate(result.scores)],
                                value=result.selected, visible=True)
