@@ -178,14 +178,18 @@ def select_candidate(ctx: AppContext, side: str, index: int | None, session: Ses
     return show_pane(ctx, side, session)
 
 
-def show_pane(ctx: AppContext, side: str, session: Session):
-    """A pane's components (overlay image, candidate choice, text, download) for its latest result."""
+def show_pane(ctx: AppContext, side: str, session: Session, draw: bool = True):
+    """A pane's components (overlay image, candidate choice, text, download) for its latest result.
+
+    draw=False leaves a result's overlay image as it is (gr.skip()): after the `segment` API, whose outputs
+    are those overlays already (drawing one again costs ~50 ms on a 2048 px photo, and a second upload).
+    """
     result = session.results.get(side)
     if result is None or result.image_id != session.image_id:
         return empty_pane()
     if result.error:
         return empty_pane(f"**{result.model}** · ⚠️ {result.error}")
-    picture = overlay(session, result)
+    picture = overlay(session, result) if draw else gr.skip()
     download = no_download()
     if result.mask is not None:
         download = gr.update(value=render.save_png(result.mask, ctx.mask_folder, f"{result.model}-mask"),

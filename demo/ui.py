@@ -118,8 +118,9 @@ def build_app(store: ModelStore, left: str, right: str) -> gr.Blocks:
             run_pane_on(pane.model.input, pane)
             pane.candidates.input(partial(handlers.select_candidate, ctx, pane.side), [pane.candidates, session],
                                   pane.outputs, **UI_ONLY).then(handlers.agreement, [session], agreement, **UI_ONLY)
-            api_shown.success(partial(handlers.show_pane, ctx, pane.side), [session], pane.outputs, **UI_ONLY
-                              ).then(handlers.agreement, [session], agreement, **UI_ONLY)
+            # The overlays are the `segment` API's own outputs: the rest of each pane follows, not drawing them again.
+            api_shown.success(partial(handlers.show_pane, ctx, pane.side, draw=False), [session], pane.outputs,
+                              **UI_ONLY).then(handlers.agreement, [session], agreement, **UI_ONLY)
     return app
 
 
