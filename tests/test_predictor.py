@@ -46,6 +46,22 @@ def test_set_image_encodes_once_per_image_and_model(photo):
     assert len(calls) == 2
 
 
+def test_a_callers_image_id_skips_rehashing_and_shares_the_cache_entry(photo, monkeypatch):
+    """The app hashes each upload once and passes it: no second hash per click, the same cache entry."""
+    predictor = make_predictor()
+    calls = count_encoder_calls(predictor)
+    array = np.asarray(photo)
+    image_id = predictor_module.image_hash(array)
+    assert predictor.set_image(array) > 0  # hashed here
+    hashes = []
+    monkeypatch.setattr(predictor_module, "image_hash", lambda image: hashes.append(1) or image_id)
+    assert predictor.set_image(array, image_id=image_id) == 0.0  # a hit on the entry made without image_id
+    assert hashes == [] and len(calls) == 1
+    assert predictor.current.encode_seconds > 0  # the first encode's time, kept by the cache
+    with pytest.raises(TypeError, match="numpy arrays"):
+        predictor.set_image(photo, image_id=image_id)
+
+
 def test_shared_cache_keys_include_the_model(photo, tmp_path):
     cache = EmbeddingCache(capacity=4)
     first = SamPredictor.from_pretrained(str(save_tiny_model(tmp_path / "a", seed=0)), device="cpu")
