@@ -4,7 +4,7 @@
 #     as it is against slimsam's fast paths (ratios from one run);
 #  2. encoder throughput at batch 8, fast paths only (stock SAM-H at batch 8 needs ~9 GB per bias tensor);
 #  3. the SlimSAM-77 encoder profile; 4. the distillation smoke check.
-# `slimsam bench` keeps freed memory in glibc's heap (slimsam.heap), as the app does.
+# `slimsam bench` keeps freed memory in glibc's heap (slimsam.infer.heap), as the app does.
 #   bash benchmarks/cpu.sh [OUT_DIR]        (default benchmarks/results/cpu)
 set -euo pipefail
 out=${1:-benchmarks/results/cpu}

@@ -3,13 +3,13 @@
     python benchmarks/distill_throughput.py --device cuda --batch 8        # the real measurement (GPU)
     python benchmarks/distill_throughput.py --size tiny --steps 2          # smoke check: runs, nothing more
 
-One training step is what `slimsam.train` does per optimizer step, with the heaviest loss (alpha > 0):
+One training step is what `slimsam.distill.train` does per optimizer step, with the heaviest loss (alpha > 0):
 the teacher (SAM-B) and, in step 2, the step-1 model run without gradients, the student runs forward and
 backward, Adam steps. Step 1's student is SAM-B with its embedding dim pruned (the step-1 shape), step 2's is
 that model with its bottlenecks pruned too (the SlimSAM-77 shape); random weights, random images (timing
 does not depend on values).
 - naive: one image per step, fp32, transformers' stock attention;
-- tuned: `--batch` images per step, bf16 autocast on GPU (fp32 on CPU), slimsam.fast_attention.
+- tuned: `--batch` images per step, bf16 autocast on GPU (fp32 on CPU), slimsam.model.fast_attention.
 """
 from __future__ import annotations
 
@@ -19,15 +19,16 @@ import copy
 import torch
 
 import slimsam
-from slimsam.bench import random_model, time_calls
-from slimsam.checkpoints import default_device
-from slimsam.fast_attention import enable_fast_attention
-from slimsam.train import TrainConfig, phase_loss
+from slimsam.bench.speed import time_calls
+from slimsam.distill.train import TrainConfig, phase_loss
+from slimsam.model.checkpoints import default_device
+from slimsam.model.fast_attention import enable_fast_attention
+from slimsam.model.random_weights import random_model
 
 
 def make_models(size: str, ratio: float, device: str) -> dict[str, torch.nn.Module]:
     """Teacher, step-1 student (embedding pruned) and step-2 student (bottlenecks pruned too), random weights."""
-    teacher, _ = random_model(size, device)
+    teacher, _ = random_model(size, device=device)
     step1 = copy.deepcopy(teacher)
     slimsam.prune(step1, "embedding", ratio, criterion="random", progress=False)
     step2 = copy.deepcopy(step1)
@@ -36,8 +37,8 @@ def make_models(size: str, ratio: float, device: str) -> dict[str, torch.nn.Modu
 
 
 def train_step(step: int, models: dict, student, optimizer, pixels: torch.Tensor, bf16: bool) -> None:
-    """One optimizer step of distillation step 1 or 2, as slimsam.train takes it (alpha = 0.5: every loss term on)."""
-    loss, _ = phase_loss(TrainConfig(step=step), 0.5, student.vision_encoder, models["teacher"],
+    """One optimizer step of distillation step 1 or 2, as slimsam.distill.train takes it (alpha = 0.5: every loss term on)."""
+    loss, _ = phase_loss(TrainConfig(stage=step), 0.5, student.vision_encoder, models["teacher"],
                          models["step1"] if step == 2 else None, pixels, pixels.device, autocast=bf16)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

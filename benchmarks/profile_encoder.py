@@ -10,7 +10,8 @@ import argparse
 
 import torch
 
-from slimsam.bench import RANDOM_CONFIGS, profile_table, random_model, stock_and_fast_profiles
+from slimsam.bench.speed import profile_table, stock_and_fast_profiles
+from slimsam.model.random_weights import RANDOM_CONFIGS, random_model
 
 
 def main() -> None:

@@ -14,13 +14,13 @@ import argparse
 import copy
 
 import torch
+from transformers import SamModel
 
 import slimsam
-from slimsam.configs import processor_for, sam_config
-from slimsam.images import iter_pixel_values, list_images
-from slimsam.importance import bottleneck_scores, embedding_scores
-from slimsam.pruning import prune_bottlenecks, prune_embedding_dim
-from transformers import SamModel
+from slimsam.data.images import iter_pixel_values, list_images
+from slimsam.model.configs import processor_for, sam_config
+from slimsam.pruning.importance import bottleneck_scores, embedding_scores
+from slimsam.pruning.steps import prune_bottlenecks, prune_embedding_dim
 
 
 def embeddings(model, pixel_values):

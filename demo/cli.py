@@ -6,7 +6,7 @@ import os
 
 from demo.models import DEFAULT_LEFT, DEFAULT_RIGHT, STANDARD_MODELS, ModelStore, menu_with
 from demo.ui import build_app
-from slimsam.heap import keep_freed_memory_in_heap
+from slimsam.infer.heap import keep_freed_memory_in_heap
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

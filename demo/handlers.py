@@ -18,8 +18,10 @@ from demo import render
 from demo.models import ModelLoadError, ModelStore, gpu
 from demo.prompts import BOX, POSITIVE, PromptError, draw_prompts, parse_json_prompts
 from demo.session import SIDES, PaneResult, Session
-from slimsam.images import open_rgb
-from slimsam.predictor import MAX_WORKING_SIDE, SamPredictor, image_hash
+from slimsam.data.images import open_rgb, upright_size
+from slimsam.evaluate.masks import mask_iou
+from slimsam.infer.everything import MaskGenerator
+from slimsam.infer.predictor import MAX_WORKING_SIDE, SamPredictor, image_hash
 
 EVERYTHING_OPTIONS = dict(points_per_side=16, points_per_batch=32, max_masks=64)  # sized for a CPU
 
@@ -53,16 +55,12 @@ def load_photo(session: Session, path: str | None) -> tuple[np.ndarray, str]:
     name = Path(path).name
     try:
         with Image.open(path) as header:  # the full size, which open_rgb's downscaled copy no longer tells
-            width, height = header.size
-            # EXIF orientations 5-8 are quarter turns (to_rgb applies them): the upright photo is height x width.
-            # (A PNG decodes here to find its EXIF; the copy is freed when the file closes.)
-            if header.getexif().get(0x0112) in (5, 6, 7, 8):
-                width, height = height, width
+            original_size = upright_size(header)  # (a PNG decodes here to find its EXIF; freed on closing)
         image = np.asarray(open_rgb(path, max_side=MAX_WORKING_SIDE))
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         fail(f"Cannot read {name}: it is not an image or it is damaged ({error.__cause__ or error}).")
     session.image, session.image_id, session.image_name = image, image_hash(image), name
-    session.original_size = (width, height)
+    session.original_size = original_size
     session.prompts = session.prompts.cleared()
     session.results.clear()
     return show_prompts(session)
@@ -72,7 +70,7 @@ def show_prompts(session: Session) -> tuple[np.ndarray, str]:
     """The photo with the prompts drawn on it, and a status line."""
     image = require_image(session)
     height, width = image.shape[:2]
-    full_width, full_height = session.original_size
+    full_height, full_width = session.original_size
     note = (f" (downscaled from {full_width}x{full_height}: the models see 1024 px anyway)"
             if full_width > width else "")
     status = f"**{session.image_name}** {width}x{height}{note} · {session.prompts.describe()}"
@@ -82,7 +80,7 @@ def show_prompts(session: Session) -> tuple[np.ndarray, str]:
 def add_click(session: Session, mode: str, x: float, y: float) -> tuple[np.ndarray, str]:
     """A click on the photo at pixel (x, y): a positive or negative point, or a box corner."""
     image = require_image(session)
-    size = (image.shape[1], image.shape[0])
+    size = image.shape[:2]
     try:
         if mode == BOX:
             session.prompts = session.prompts.add_box_corner(x, y, size)
@@ -138,10 +136,11 @@ def compute_pane(ctx: AppContext, model_label: str, multimask: bool, session: Se
     if prompts.everything:
         def grid_progress(done: float) -> None:
             report(done, desc=f"{model_label}: segmenting everything…")
-        found = predictor.generate_everything(**EVERYTHING_OPTIONS, progress=grid_progress)
+        found = MaskGenerator(predictor, **EVERYTHING_OPTIONS).generate(progress=grid_progress)
         masks = [mask["segmentation"] for mask in found]
-        labels = render.label_map(masks) if masks else np.zeros(image.shape[:2], dtype=np.uint8)
-        return replace(result, decode_seconds=time.perf_counter() - start, labels=labels, mask_count=len(masks))
+        label_map = render.label_map(masks) if masks else np.zeros(image.shape[:2], dtype=np.uint8)
+        return replace(result, decode_seconds=time.perf_counter() - start, label_map=label_map,
+                       mask_count=len(masks))
     points, labels, box = prompts.as_arrays()
     masks, scores = predictor.predict(points, labels, box, multimask_output=multimask)
     return replace(result, decode_seconds=time.perf_counter() - start, masks=masks, scores=scores)
@@ -194,8 +193,8 @@ def show_pane(ctx: AppContext, side: str, session: Session, draw: bool = True):
     if result.mask is not None:
         download = gr.update(value=render.save_png(result.mask, ctx.mask_folder, f"{result.model}-mask"),
                              interactive=True)
-    elif result.labels is not None:
-        download = gr.update(value=render.save_png(result.labels, ctx.mask_folder, f"{result.model}-everything"),
+    elif result.label_map is not None:
+        download = gr.update(value=render.save_png(result.label_map, ctx.mask_folder, f"{result.model}-everything"),
                              interactive=True)
     candidates = no_candidates()
     if result.masks is not None and len(result.masks) > 1:
@@ -208,8 +207,8 @@ def overlay(session: Session, result: PaneResult) -> np.ndarray:
     base = draw_prompts(session.image, session.prompts)
     if result.mask is not None:
         return render.overlay_mask(base, result.mask)
-    if result.labels is not None:
-        return render.overlay_labels(base, result.labels)
+    if result.label_map is not None:
+        return render.overlay_label_map(base, result.label_map)
     return base
 
 
@@ -221,8 +220,8 @@ def pane_text(result: PaneResult, session: Session) -> str:
         area = int(result.mask.sum())
         lines.append(f"mask {result.selected + 1} of {len(result.masks)} · predicted IoU "
                      f"{result.scores[result.selected]:.3f} · area {area:,} px ({100 * area / result.mask.size:.1f} %)")
-    elif result.labels is not None:
-        lines.append(f"{result.mask_count} masks · covering {100 * (result.labels > 0).mean():.1f} % of the image")
+    elif result.label_map is not None:
+        lines.append(f"{result.mask_count} masks · covering {100 * (result.label_map > 0).mean():.1f} % of the image")
     else:
         lines.append("click on the photo to segment")
     lines.append(encode + (f" · decode {result.decode_seconds:.3f} s" if result.decode_seconds is not None else ""))
@@ -236,7 +235,7 @@ def panes_iou(session: Session) -> float | None:
         return None
     if not (session.is_current(left) and session.is_current(right)):
         return None
-    return render.mask_iou(left.mask, right.mask)
+    return float(mask_iou(left.mask, right.mask))
 
 
 def agreement(session: Session) -> str:
@@ -269,14 +268,14 @@ def segment(ctx: AppContext, path: str | None, points_json: str, box_json: str, 
         prompts, notes = parse_json_prompts(points_json, box_json, session.original_size)
     except PromptError as error:
         fail(str(error))
-    scale = width / session.original_size[0]
+    scale = width / session.original_size[1]
     if scale != 1:
         prompts = prompts.scaled(scale)
         notes.append(f"the photo was downscaled to {width}x{height} for the models: prompts scaled by {scale:.4f}, "
                      f"overlays and mask areas are at that size")
     session.prompts = replace(prompts, version=session.prompts.version + 1)
-    report = {"image": {"name": session.image_name, "width": session.original_size[0],
-                        "height": session.original_size[1], "working_width": width, "working_height": height},
+    report = {"image": {"name": session.image_name, "width": session.original_size[1],
+                        "height": session.original_size[0], "working_width": width, "working_height": height},
               "notes": notes}
     overlays = []
     for side in SIDES:

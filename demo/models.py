@@ -13,9 +13,9 @@ import torch
 from transformers import SamModel, SamProcessor
 
 from slimsam import WeightsNotFoundError, count_parameters, load_model
-from slimsam.checkpoints import default_device, resolve
+from slimsam.model.checkpoints import default_device, resolve
 
-# Pane menu label -> slimsam alias (resolved to a Hub id by slimsam.checkpoints.ALIASES).
+# Pane menu label -> slimsam alias (resolved to a Hub id by slimsam.model.checkpoints.ALIASES).
 STANDARD_MODELS = {"SAM-B": "sam-b", "SAM-L": "sam-l", "SAM-H": "sam-h", "SlimSAM-50": "slimsam-50",
                    "SlimSAM-77": "slimsam-77"}
 DEFAULT_LEFT, DEFAULT_RIGHT = "SAM-H", "SlimSAM-77"

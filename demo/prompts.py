@@ -86,7 +86,8 @@ class Prompts:
 
 
 def check_inside(x: float, y: float, size: tuple[int, int]) -> None:
-    width, height = size
+    """Raise PromptError unless pixel (x, y) lies inside an image of `size` (H, W)."""
+    height, width = size
     if not (0 <= x < width and 0 <= y < height):
         raise PromptError(f"point ({x:g}, {y:g}) is outside the {width}x{height} image")
 
@@ -103,7 +104,7 @@ def ordered_box(corners) -> tuple[tuple[float, float, float, float], list[str]]:
 def parse_json_prompts(points_json: str, box_json: str, size: tuple[int, int]) -> tuple[Prompts, list[str]]:
     """The `segment` API's prompts: points '[[x, y, label], ...]' (label 1 or 0) and box '[x1, y1, x2, y2]' or ''.
 
-    Returns the prompts (validated against the image size (W, H)) and notes on anything adjusted.
+    Returns the prompts (validated against the image size (H, W)) and notes on anything adjusted.
     """
     try:
         points = json.loads(points_json) if points_json and points_json.strip() else []

@@ -1,4 +1,4 @@
-"""Pictures and numbers from masks: overlays, the mask PNG, and the IoU between two panes' masks."""
+"""Pictures from masks: overlays and the mask PNG."""
 from __future__ import annotations
 
 import uuid
@@ -26,31 +26,25 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, colour: np.ndarray = MASK_
     return result.astype(np.uint8)
 
 
-def overlay_labels(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def overlay_label_map(image: np.ndarray, label_map: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 image tinted by an (H, W) label map (0 = no mask, i = mask i), one colour per mask."""
-    palette = np.random.default_rng(0).integers(40, 256, (int(labels.max()) + 1, 3)).astype(np.float32)
-    masked = labels > 0
+    palette = np.random.default_rng(0).integers(40, 256, (int(label_map.max()) + 1, 3)).astype(np.float32)
+    masked = label_map > 0
     result = image.astype(np.float32)
-    result[masked] = (1 - OPACITY) * result[masked] + OPACITY * palette[labels[masked]]
+    result[masked] = (1 - OPACITY) * result[masked] + OPACITY * palette[label_map[masked]]
     edges = np.zeros_like(masked)
-    edges[:, 1:] |= labels[:, 1:] != labels[:, :-1]
-    edges[1:, :] |= labels[1:, :] != labels[:-1, :]
+    edges[:, 1:] |= label_map[:, 1:] != label_map[:, :-1]
+    edges[1:, :] |= label_map[1:, :] != label_map[:-1, :]
     result[edges] = 255
     return result.astype(np.uint8)
 
 
 def label_map(masks: list[np.ndarray]) -> np.ndarray:
     """Masks (largest first) -> (H, W) uint8 label map; smaller masks are drawn over larger ones."""
-    labels = np.zeros(masks[0].shape, dtype=np.uint8)
+    labelled = np.zeros(masks[0].shape, dtype=np.uint8)
     for index, mask in enumerate(masks[:255], start=1):
-        labels[mask] = index
-    return labels
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Intersection over union of two (H, W) bool masks; None when both are empty."""
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else None
+        labelled[mask] = index
+    return labelled
 
 
 def save_png(array: np.ndarray, folder: Path, stem: str) -> Path:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from demo.prompts import Prompts
-from slimsam.predictor import EmbeddingCache
+from slimsam.infer.predictor import EmbeddingCache
 
 SIDES = ("left", "right")
 
@@ -25,7 +25,7 @@ class PaneResult:
     masks: np.ndarray | None = None  # (K, H, W) bool, best first
     scores: np.ndarray | None = None  # (K,) predicted IoU
     selected: int = 0  # which of the K masks is shown
-    labels: np.ndarray | None = None  # "everything": (H, W) uint8 label map, 0 = no mask
+    label_map: np.ndarray | None = None  # "everything": (H, W) uint8, 0 = no mask, i = the i-th mask
     mask_count: int = 0  # "everything": how many masks
     error: str | None = None  # the model could not be loaded
 
@@ -40,7 +40,7 @@ class Session:
     image: np.ndarray | None = None  # (H, W, 3) uint8, at most MAX_WORKING_SIDE px on its longest side
     image_id: str = ""  # content hash of `image`
     image_name: str = ""
-    original_size: tuple[int, int] = (0, 0)  # (W, H) of the uploaded photo, upright; `image` may be smaller
+    original_size: tuple[int, int] = (0, 0)  # (H, W) of the uploaded photo, upright; `image` may be smaller
     prompts: Prompts = field(default_factory=Prompts)
     models: dict[str, str] = field(default_factory=dict)  # side -> menu label the pane last used
     results: dict[str, PaneResult] = field(default_factory=dict)  # side -> latest result

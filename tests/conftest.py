@@ -13,36 +13,30 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from matplotlib import cbook  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import SamModel  # noqa: E402
 
-from slimsam.configs import processor_for, tiny_config  # noqa: E402
+from slimsam.data.samples import sample_photos  # noqa: E402
+from slimsam.model.configs import tiny_config  # noqa: E402
+from slimsam.model.random_weights import random_model  # noqa: E402
 
 
 def make_tiny_model(seed: int = 0, **config_kwargs) -> SamModel:
-    """A tiny SAM with every weight random, rel-pos and pos_embed included (SAM inits those to zero)."""
-    torch.manual_seed(seed)
-    model = SamModel(tiny_config(**config_kwargs))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "rel_pos" in name or "pos_embed" in name:
-                param.normal_(std=0.1)
-    return model.eval()
+    """A tiny random SAM (slimsam.model.random_weights: every weight random, rel-pos and pos_embed included)."""
+    return random_model(tiny_config(**config_kwargs), seed)[0]
 
 
 def save_tiny_model(folder, seed: int = 0, **config_kwargs):
-    model = make_tiny_model(seed, **config_kwargs)
+    model, processor = random_model(tiny_config(**config_kwargs), seed)
     model.save_pretrained(folder)
-    processor_for(model.config).save_pretrained(folder)
+    processor.save_pretrained(folder)
     return folder
 
 
 def real_photos() -> list[Image.Image]:
-    """Real photographs that ship with matplotlib (no download)."""
-    with cbook.get_sample_data("grace_hopper.jpg") as f:
-        hopper = Image.open(f).convert("RGB")
-    # A second, different photo: a crop of the first at another aspect ratio.
+    """Real photographs that ship with matplotlib (no download): Grace Hopper (512x600) and a crop of it
+    at another aspect ratio."""
+    hopper = sample_photos()[0]
     return [hopper, hopper.crop((100, 50, 500, 350))]
 
 

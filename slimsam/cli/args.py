@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from slimsam.checkpoints import default_device
+from slimsam.model.checkpoints import default_device
 
 
 def ratio(text: str) -> float:

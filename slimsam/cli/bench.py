@@ -7,10 +7,19 @@ import sys
 
 import torch
 
-from slimsam.bench import (ATTENTIONS, DTYPES, RANDOM_CONFIGS, BenchSettings, benchmark_models, markdown_table,
-                           plot_chart, write_json)
+from slimsam.bench.speed import (
+    ATTENTIONS,
+    DTYPES,
+    BenchSettings,
+    benchmark_models,
+    markdown_table,
+    plot_chart,
+    write_json,
+)
 from slimsam.cli.args import add_device, positive_int
-from slimsam.heap import keep_freed_memory_in_heap
+from slimsam.cli.errors import CliError
+from slimsam.infer.heap import keep_freed_memory_in_heap
+from slimsam.model.random_weights import RANDOM_CONFIGS
 
 
 def non_negative_int(text: str) -> int:
@@ -25,11 +34,11 @@ def add_parser(subparsers) -> None:
     add_device(parser)
     parser.add_argument("--dtype", choices=DTYPES, default="fp32")
     parser.add_argument("--attention", choices=(*ATTENTIONS, "both"), default="fast",
-                        help="fast (default, as load_model and SamPredictor give): slimsam.fast_attention in the "
-                             "encoder and slimsam.fast_decoder for clicks; stock: transformers' SamModel as it is; "
+                        help="fast (default, as load_model and SamPredictor give): slimsam.model.fast_attention in the "
+                             "encoder and slimsam.infer.fast_decoder for clicks; stock: transformers' SamModel as it is; "
                              "both: each model twice, fast checked against stock")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the fast rows' encoders (CUDA graphs on a GPU; slimsam.compiled); "
+                        help="torch.compile the fast rows' encoders (CUDA graphs on a GPU; slimsam.model.compiled); "
                              "compiling happens in untimed warm-up runs")
     parser.add_argument("--reference", help="model the ratios are to (default: sam-h if benchmarked, else the first)")
     parser.add_argument("--repeats", type=positive_int, default=5,
@@ -48,7 +57,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> None:
-    from slimsam.cli import CliError
     if args.random_weights and (unknown := [m for m in args.models if m not in RANDOM_CONFIGS]):
         raise CliError(f"--random-weights needs names from {', '.join(RANDOM_CONFIGS)}, got {', '.join(unknown)}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -1,4 +1,4 @@
-"""`slimsam distill STUDENT --teacher MODEL --step 1|2 --train DIR --out DIR`: one SlimSAM distillation phase.
+"""`slimsam distill STUDENT --teacher MODEL --stage 1|2 --train DIR --out DIR`: one SlimSAM distillation phase.
 
 Multi-GPU: `torchrun --nproc_per_node N --no-python slimsam distill ...` (the same arguments).
 """
@@ -8,10 +8,11 @@ import argparse
 
 import torch
 
-from slimsam.checkpoints import load_model, read_history
 from slimsam.cli.args import add_device, positive_int
-from slimsam.distributed import init_distributed
-from slimsam.train import SettingsError, TrainConfig, distill, train_and_val_paths
+from slimsam.cli.errors import CliError
+from slimsam.distill.distributed import init_distributed
+from slimsam.distill.train import SettingsError, TrainConfig, distill, train_and_val_paths
+from slimsam.model.checkpoints import load_model, read_history
 
 
 def add_training_args(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +22,7 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
                                       "checkpoint and the lr schedule follow point-prompt mIoU, else embedding MSE "
                                       "(default: hold out --val-size training images)")
     parser.add_argument("--val-size", type=positive_int, default=50, help="images held out when --val is not given")
-    defaults = TrainConfig(step=1)  # the hyperparameters' single source of truth
+    defaults = TrainConfig(stage=1)  # the hyperparameters' single source of truth
     parser.add_argument("--epochs", type=positive_int, default=defaults.epochs,
                         help="epochs per distillation phase (default %(default)s)")
     parser.add_argument("--lr", type=float, default=defaults.lr)
@@ -46,10 +47,10 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("distill", help="one distillation phase: bottleneck (1) or embedding (2) aligning")
     parser.add_argument("student", help="the pruned model to train (folder)")
     parser.add_argument("--teacher", required=True, help="the original model: alias, Hub id or folder")
-    parser.add_argument("--step", type=int, choices=(1, 2), required=True,
-                        help="1: bottleneck aligning after embedding pruning; 2: embedding aligning after "
-                             "bottleneck pruning")
-    parser.add_argument("--step1-model", help="step 2: the model that was bottleneck-pruned into STUDENT "
+    parser.add_argument("--stage", "--step", dest="stage", type=int, choices=(1, 2), required=True,
+                        help="the method's stage (the paper's step): 1, bottleneck aligning after embedding pruning; "
+                             "2, embedding aligning after bottleneck pruning")
+    parser.add_argument("--step1-model", help="stage 2: the model that was bottleneck-pruned into STUDENT "
                                               "(default: the source recorded in STUDENT's history)")
     add_training_args(parser)
     parser.add_argument("--out", required=True, help="run folder: checkpoint, metrics, curves, and model/ at the end")
@@ -60,16 +61,14 @@ def add_parser(subparsers) -> None:
 def _step1_source(args) -> str:
     if args.step1_model:
         return args.step1_model
-    from slimsam.cli import CliError
     for record in reversed(read_history(args.student)):
         if record.get("step") == "prune" and record.get("target") == "bottleneck" and "source" in record:
             return record["source"]
-    raise CliError(f"--step 2 needs the model before bottleneck pruning and {args.student}'s history does not "
+    raise CliError(f"--stage 2 needs the model before bottleneck pruning and {args.student}'s history does not "
                    f"name it: pass --step1-model DIR")
 
 
 def run(args) -> None:
-    from slimsam.cli import CliError
     try:
         _run(args)
     except SettingsError as error:
@@ -81,8 +80,8 @@ def _run(args) -> None:
     device = init_distributed(args.device)
     student, processor = load_model(args.student)
     teacher, _ = load_model(args.teacher)
-    step1_model = load_model(_step1_source(args))[0] if args.step == 2 else None
-    config = TrainConfig(step=args.step, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+    step1_model = load_model(_step1_source(args))[0] if args.stage == 2 else None
+    config = TrainConfig(stage=args.stage, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                          micro_batch=args.micro_batch, seed=args.seed, checkpoint_every=args.checkpoint_every,
                          num_workers=num_workers(args, device), device=str(device))
     model_dir = distill(student, processor, teacher, train_paths, val_paths, args.out, config,

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import math
 
-from slimsam.checkpoints import load_model, resolve
 from slimsam.cli.args import add_device, positive_int
-from slimsam.data import find_sa1b_images
-from slimsam.evaluate import PROMPTS, evaluate
+from slimsam.cli.errors import CliError
+from slimsam.data.sa1b import find_sa1b_images
+from slimsam.evaluate.miou import PROMPTS, evaluate
+from slimsam.model.checkpoints import load_model, resolve
 
 
 def add_parser(subparsers) -> None:
@@ -25,7 +26,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> None:
-    from slimsam.cli import CliError
     paths = find_sa1b_images(args.data)[:args.limit]
     names = [args.model] + ([args.teacher] if args.teacher else [])
     results = {}

@@ -1,7 +1,7 @@
 """`slimsam export MODEL --out DIR`: write a uniformly pruned model as a plain Hugging Face SamModel folder."""
 from __future__ import annotations
 
-from slimsam.checkpoints import export_model, load_model
+from slimsam.model.checkpoints import export_model, load_model
 
 
 def add_parser(subparsers) -> None:

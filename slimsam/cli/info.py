@@ -1,10 +1,11 @@
 """`slimsam info MODEL`: parameter counts, encoder MACs, per-layer dims."""
 from __future__ import annotations
 
-from slimsam.checkpoints import load_model, read_history, resolve
-from slimsam.configs import CONFIG_NAMES, sam_config
-from slimsam.stats import count_parameters, encoder_macs
-from slimsam.structure import empty_model, read_dims
+from slimsam.cli.errors import CliError
+from slimsam.model.checkpoints import load_model, read_history, resolve
+from slimsam.model.configs import CONFIG_NAMES, sam_config
+from slimsam.model.stats import count_parameters, encoder_macs
+from slimsam.model.structure import empty_model, read_dims
 
 
 def add_parser(subparsers) -> None:
@@ -33,7 +34,6 @@ def describe(model) -> str:
 
 def run(args) -> None:
     if args.random_weights:
-        from slimsam.cli import CliError
         if args.model not in CONFIG_NAMES:
             raise CliError(f"--random-weights needs one of {', '.join(CONFIG_NAMES)}, got {args.model!r}")
         model = empty_model(sam_config(args.model))

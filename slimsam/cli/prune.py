@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slimsam.checkpoints import load_model, read_history, resolve, save_model
 from slimsam.cli.args import add_device, positive_int, ratio
-from slimsam.data import find_sa1b_images, iter_sa1b
-from slimsam.images import iter_pixel_values, list_images
-from slimsam.importance import CRITERIA
-from slimsam.pruning import SCOPES, TARGETS, prune
-from slimsam.stats import count_parameters, encoder_macs
+from slimsam.cli.errors import CliError
+from slimsam.data.images import iter_pixel_values, list_images
+from slimsam.data.sa1b import find_sa1b_images, iter_sa1b
+from slimsam.model.checkpoints import load_model, read_history, resolve, save_model
+from slimsam.model.stats import count_parameters, encoder_macs
+from slimsam.pruning.importance import CRITERIA
+from slimsam.pruning.steps import SCOPES, TARGETS, prune
 
 
 def add_parser(subparsers) -> None:
@@ -37,7 +38,6 @@ def _summary(model) -> str:
 
 
 def run(args) -> None:
-    from slimsam.cli import CliError
     if Path(args.out).exists() and not args.overwrite:
         raise CliError(f"output folder {args.out} already exists (pass --overwrite to replace it)")
     paths = None

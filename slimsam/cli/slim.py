@@ -9,9 +9,10 @@ from pathlib import Path
 
 from slimsam.cli.args import positive_int, ratio
 from slimsam.cli.distill import add_training_args, num_workers
-from slimsam.distributed import init_distributed, is_main
-from slimsam.slim import EMBEDDING_ALIGNING, FINAL, SlimSettings, slim
-from slimsam.train import SettingsError
+from slimsam.cli.errors import CliError
+from slimsam.distill.distributed import init_distributed, is_main
+from slimsam.distill.slim import EMBEDDING_ALIGNING, FINAL, SlimSettings, slim
+from slimsam.distill.train import SettingsError
 
 
 def add_parser(subparsers) -> None:
@@ -27,7 +28,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> None:
-    from slimsam.cli import CliError
     # Folders are recorded as absolute paths, so that a rerun from another directory still matches.
     model = str(Path(args.model).resolve()) if Path(args.model).is_dir() else args.model
     settings = SlimSettings(model=model, ratio=args.ratio, train=str(Path(args.train).resolve()),

@@ -1,0 +1,282 @@
+"""Prompted segmentation that encodes each image once: `SamPredictor` and its embedding cache.
+
+Modelled on segment-anything's SamPredictor:
+
+    predictor = SamPredictor.from_pretrained("slimsam-77")
+    predictor.set_image(photo)                       # the image encoder: seconds (once per image)
+    masks, scores = predictor.predict(points=[[250, 300]], labels=[1])   # the decoder: milliseconds
+
+Coordinates are (x, y) pixels of the image given to `set_image`; masks come back at that image's size.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import SamModel, SamProcessor
+
+from slimsam.data.images import shrink, to_rgb
+from slimsam.infer.fast_decoder import DecoderContext, fast_decode, prepare_decoder
+from slimsam.model.checkpoints import default_device, load_model
+
+# The encoder sees 1024 px anyway; a bigger working copy only costs memory. Masks are computed at
+# most this size and enlarged (nearest neighbour, as booleans) for bigger images.
+MAX_WORKING_SIDE = 2048
+
+
+@dataclass(frozen=True)
+class ImageEmbedding:
+    """What the decoder needs to know about one encoded image."""
+
+    embedding: torch.Tensor  # (1, C, h, w) image-encoder output (C=256, h=w=64 for SAM), float32
+    original_size: tuple[int, int]  # (H, W) of the image given to set_image
+    working_size: tuple[int, int]  # (H, W) after shrinking to MAX_WORKING_SIDE (== original_size if smaller)
+    input_size: tuple[int, int]  # (H, W) after resizing to the model's input size, before padding
+    decoder_context: DecoderContext  # the prompt-independent part of the mask decoder (fast_decoder)
+    encode_seconds: float  # how long the image encoder took to make `embedding` (cache hits reuse it)
+
+
+class EmbeddingCache:
+    """Thread-safe LRU of image embeddings, keyed by (model key, image hash).
+
+    Two threads asking for the same missing key compute it once: the second waits for the first.
+    Copying a cache (gradio deep-copies per-session state) gives a new, empty cache.
+    """
+
+    def __init__(self, capacity: int = 8) -> None:
+        if capacity < 1:
+            raise ValueError(f"cache capacity must be at least 1, got {capacity}")
+        self.capacity = capacity
+        self._entries: OrderedDict[tuple[str, str], ImageEmbedding] = OrderedDict()
+        self._lock = threading.Lock()
+        self._computing: dict[tuple[str, str], threading.Lock] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __deepcopy__(self, memo) -> "EmbeddingCache":
+        return EmbeddingCache(self.capacity)
+
+    def _lookup(self, key):
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+            return None
+
+    def get_or_compute(self, key: tuple[str, str],
+                       compute: Callable[[], ImageEmbedding]) -> tuple[ImageEmbedding, bool]:
+        """The cached value for `key`, or compute() stored under it; also says whether compute() ran."""
+        if (hit := self._lookup(key)) is not None:
+            return hit, False
+        with self._lock:
+            key_lock = self._computing.setdefault(key, threading.Lock())
+        with key_lock:
+            if (hit := self._lookup(key)) is not None:  # another thread computed it while we waited
+                return hit, False
+            try:
+                value = compute()
+                with self._lock:
+                    self._entries[key] = value
+                    while len(self._entries) > self.capacity:
+                        self._entries.popitem(last=False)
+            finally:
+                with self._lock:
+                    self._computing.pop(key, None)
+        return value, True
+
+
+def model_key(model: SamModel) -> str:
+    """What identifies a model's current weights in cache keys.
+
+    Where it was loaded from (else the object itself), plus every parameter's storage and in-place
+    modification count (tensor._version): a model pruned (new parameter tensors) or trained (in-place
+    updates) under the same name never gets its former self's embeddings. Microseconds, even for SAM-H.
+    """
+    name = getattr(model, "name_or_path", None) or model.config._name_or_path
+    weights = hash(tuple((param.data_ptr(), param._version) for param in model.parameters()))
+    return f"{name or f'in-memory-{id(model)}'}#{weights & 0xFFFFFFFFFFFF:012x}"
+
+
+def image_hash(image: np.ndarray) -> str:
+    """Content hash of an (H, W, 3) uint8 image, shape included."""
+    digest = hashlib.blake2b(repr(image.shape).encode(), digest_size=16)
+    digest.update(np.ascontiguousarray(image).data)
+    return digest.hexdigest()
+
+
+def as_rgb_image(image: Image.Image | np.ndarray) -> Image.Image:
+    """PIL image or (H, W) / (H, W, 3|4) array (uint8 or uint16) -> upright 8-bit RGB PIL image."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    return to_rgb(image)
+
+
+class SamPredictor:
+    """One model, one current image, any number of prompts.
+
+    model, processor: a SamModel (any size, pruned ones included) and its SamProcessor.
+    cache_size: how many image embeddings to keep (LRU); pass `cache=` instead to share one
+    EmbeddingCache between predictors (its keys include the model).
+    fast_decoder: decode clicks with `slimsam.infer.fast_decoder` (the same function as SamModel's decoder,
+    about half the work: the prompt-independent part is computed once per image); False calls
+    SamModel itself, and is needed for nothing but comparisons.
+    On CUDA the image encoder runs under float16 autocast (weights stay float32, so LayerNorms,
+    softmax and the small mask decoder keep full precision); on CPU everything is float32.
+    """
+
+    def __init__(self, model: SamModel, processor: SamProcessor, cache_size: int = 8,
+                 cache: EmbeddingCache | None = None, fast_decoder: bool = True) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.cache = cache if cache is not None else EmbeddingCache(cache_size)
+        self.fast_decoder = fast_decoder
+        self.current: ImageEmbedding | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype: bf16/fp16 weights (load_model(dtype=...)) get their inputs cast to match."""
+        return next(self.model.parameters()).dtype
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, device: str | torch.device | None = None,
+                        cache_size: int = 8) -> "SamPredictor":
+        """Load with `slimsam.load_model` (alias, Hub id or folder); device defaults to CUDA when available."""
+        model, processor = load_model(name_or_path, device=device or default_device())
+        return cls(model, processor, cache_size=cache_size)
+
+    # ----------------------------------------------------------------------------------- encoding
+
+    def set_image(self, image: Image.Image | np.ndarray, image_id: str | None = None) -> float:
+        """Make `image` the current image, encoding it unless cached; returns encoder seconds (0.0 on a hit;
+        `current.encode_seconds` keeps the time of the encode that made the embedding).
+
+        image_id: `image_hash(image)` of this very array, from a caller that has it already (the app hashes
+        each upload once). A cache hit then neither converts nor hashes the image (about 20 ms for a
+        2048x1536 photo); the conversion to a working copy happens only if it must be encoded. For an
+        (H, W, 3) uint8 array of at most MAX_WORKING_SIDE px, which is its own working copy, the cache key
+        is the same as without image_id. Arrays only: a PIL image's upright size needs its conversion.
+        """
+        if image_id is None:
+            rgb = as_rgb_image(image)
+            original_size = (rgb.height, rgb.width)
+            working = np.asarray(shrink(rgb, MAX_WORKING_SIDE))
+            image_id = image_hash(working)
+        elif isinstance(image, np.ndarray):
+            # An array has no EXIF orientation: its shape is its upright size.
+            original_size, working = tuple(image.shape[:2]), None
+        else:
+            raise TypeError(f"image_id is for numpy arrays (image_hash hashes one), got {type(image).__name__}")
+        key = (model_key(self.model), f"{image_id}@{original_size}")
+        seconds = 0.0
+
+        def encode() -> ImageEmbedding:
+            nonlocal seconds, working
+            if working is None:
+                working = np.asarray(shrink(as_rgb_image(image), MAX_WORKING_SIDE))
+            start = time.perf_counter()  # the encoder's time only, as without image_id
+            inputs = self.processor(images=working, return_tensors="pt")
+            pixel_values = inputs["pixel_values"].to(self.device, self.dtype)
+            with torch.inference_mode(), torch.autocast("cuda", torch.float16, enabled=self.device.type == "cuda"):
+                # clone: a compiled encoder (CUDA graphs) reuses its output buffer on the next call
+                embedding = self.model.get_image_embeddings(pixel_values).float().clone()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+            return ImageEmbedding(embedding, original_size, working.shape[:2],
+                                  tuple(int(v) for v in inputs["reshaped_input_sizes"][0]),
+                                  prepare_decoder(self.model, embedding), seconds)
+
+        self.current, _ = self.cache.get_or_compute(key, encode)
+        return seconds
+
+    def require_image(self) -> ImageEmbedding:
+        if self.current is None:
+            raise RuntimeError("no image set: call set_image(image) before predicting")
+        return self.current
+
+    # ----------------------------------------------------------------------------------- decoding
+
+    def decode_low_res(self, points: np.ndarray | None = None, labels: np.ndarray | None = None,
+                       boxes: np.ndarray | None = None,
+                       multimask_output: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the prompt encoder and mask decoder on B prompts at once, for the current image.
+
+        points: (B, N, 2) xy in original-image pixels; labels: (B, N) 1 positive / 0 negative;
+        boxes: (B, 4) xyxy pixels. Returns low-res logits (B, K, 256, 256) covering the padded model
+        input (see `masks_from_logits`) and predicted IoUs (B, K), K = 3 if multimask_output else 1.
+        """
+        current = self.require_image()
+        (height, width), (input_h, input_w) = current.original_size, current.input_size
+        scale = torch.tensor([input_w / width, input_h / height], dtype=torch.float32)
+        kwargs = {}
+        if points is not None:
+            kwargs["input_points"] = (torch.as_tensor(points, dtype=torch.float32) * scale)[None].to(self.device)
+            kwargs["input_labels"] = torch.as_tensor(labels, dtype=torch.long)[None].to(self.device)
+        if boxes is not None:
+            kwargs["input_boxes"] = (torch.as_tensor(boxes, dtype=torch.float32) * scale.repeat(2))[None].to(self.device)
+        if self.fast_decoder:
+            masks, scores = fast_decode(self.model, current.decoder_context, multimask_output=multimask_output,
+                                        **kwargs)
+        else:
+            with torch.inference_mode():
+                output = self.model(image_embeddings=current.embedding.to(self.dtype),
+                                    multimask_output=multimask_output, **kwargs)
+            masks, scores = output.pred_masks, output.iou_scores
+        return masks[0].float(), scores[0].float()
+
+    def masks_from_logits(self, low_res_logits: torch.Tensor) -> np.ndarray:
+        """(M, 256, 256) decoder logits -> (M, H, W) bool masks at the current image's original size.
+
+        Upscaled bilinearly (as SAM does) to at most the working size; bigger originals get the
+        thresholded mask enlarged by nearest neighbour, so no full-size float array ever exists.
+        """
+        current = self.require_image()
+        pad = self.processor.image_processor.pad_size
+        logits = F.interpolate(low_res_logits[None], (pad["height"], pad["width"]), mode="bilinear",
+                               align_corners=False)
+        logits = logits[..., :current.input_size[0], :current.input_size[1]]
+        if current.working_size != current.input_size:  # (bilinear to the same size is the identity)
+            logits = F.interpolate(logits, current.working_size, mode="bilinear", align_corners=False)
+        masks = (logits[0] > 0).cpu().numpy()
+        if current.working_size != current.original_size:
+            (h, w), (height, width) = current.working_size, current.original_size
+            rows = np.arange(height) * h // height
+            cols = np.arange(width) * w // width
+            masks = masks[:, rows[:, None], cols[None, :]]
+        return masks
+
+    def predict(self, points: np.ndarray | None = None, labels: np.ndarray | None = None,
+                box: np.ndarray | None = None, multimask_output: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Masks for one prompt (points and/or a box) on the current image.
+
+        points: (N, 2) xy pixels; labels: (N,) 1 positive / 0 negative (default: all positive);
+        box: (4,) x1, y1, x2, y2 pixels. Returns masks (K, H, W) bool at the original image size
+        and their predicted IoUs (K,), K = 3 if multimask_output else 1, best first.
+        """
+        if points is None and box is None:
+            raise ValueError("give at least one point or a box")
+        point_batch = label_batch = box_batch = None
+        if points is not None:
+            points = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+            labels = np.ones(len(points), dtype=np.int64) if labels is None else np.asarray(labels).reshape(-1)
+            if len(labels) != len(points) or not np.isin(labels, (0, 1)).all():
+                raise ValueError(f"labels must be one 0 or 1 per point, got {labels.tolist()} for {len(points)} points")
+            point_batch, label_batch = points[None], labels[None]
+        if box is not None:
+            box_batch = np.asarray(box, dtype=np.float32).reshape(1, 4)
+        logits, scores = self.decode_low_res(point_batch, label_batch, box_batch, multimask_output)
+        order = torch.argsort(scores[0], descending=True)
+        return self.masks_from_logits(logits[0, order]), scores[0, order].cpu().numpy()

@@ -1,0 +1,117 @@
+"""slimsam.data: folders, split, SamProcessor-identical preprocessing, SA-1B decoding, corrupt files."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+from sa1b import make_sa1b_folder
+from torch.utils.data import DataLoader
+
+from slimsam.data.datasets import ImageDataset, collate_pixels, train_val_split
+from slimsam.data.images import ImageFolderError, list_images, open_rgb
+from slimsam.data.sa1b import SA1BDataset, find_sa1b_images
+from slimsam.model.configs import processor_for, tiny_config
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return processor_for(tiny_config())
+
+
+@pytest.fixture(scope="module")
+def sa1b_dir(tmp_path_factory):
+    return make_sa1b_folder(tmp_path_factory.mktemp("sa1b"), num_images=4)
+
+
+def test_list_images_sorted_not_recursive_and_errors(tmp_path, photo_dir):
+    for name in ("b.jpg", "a.PNG", "val/c.jpg"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes((photo_dir / "photo_0.jpg").read_bytes())
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert list_images(tmp_path) == [tmp_path / "a.PNG", tmp_path / "b.jpg"]  # val/ stays out of training
+    with pytest.raises(ImageFolderError, match="does not exist"):
+        list_images(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ImageFolderError, match="no images"):
+        list_images(tmp_path / "empty")
+    with pytest.raises(ImageFolderError, match="no SA-1B annotations"):
+        find_sa1b_images(tmp_path)
+
+
+def test_train_val_split_is_seeded_disjoint_and_complete(tmp_path):
+    paths = [tmp_path / f"sa_{i}.jpg" for i in range(20)]
+    train, val = train_val_split(paths, 5, seed=1)
+    assert len(val) == 5 and sorted(train + val) == sorted(paths) and not set(train) & set(val)
+    assert train_val_split(paths, 5, seed=1) == (train, val)
+    assert train_val_split(paths, 5, seed=2)[1] != val
+    assert len(train_val_split(paths, 0.1, seed=0)[1]) == 2
+    assert train == [p for p in paths if p in set(train)]  # input order kept
+    for bad in (20, -1, 0.0, 1.0):
+        with pytest.raises(ValueError):
+            train_val_split(paths, bad, seed=0)
+
+
+def test_pixels_equal_sam_processor(photo_dir, processor):
+    paths = list_images(photo_dir)
+    dataset = ImageDataset(paths, processor)
+    for path, item in zip(paths, dataset):
+        expected = processor(images=open_rgb(path), return_tensors="pt")["pixel_values"][0]
+        assert item.shape == (3, 64, 64) and torch.equal(item, expected)
+
+
+def test_corrupt_images_are_skipped_and_counted(photo_dir, tmp_path, processor, caplog):
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    good = (photo_dir / "photo_0.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (tmp_path / "good.jpg").write_bytes(good)
+    loader = DataLoader(ImageDataset(list_images(tmp_path), processor), batch_size=3, collate_fn=collate_pixels)
+    (pixels, skipped), = list(loader)
+    assert pixels.shape == (1, 3, 64, 64) and skipped == 2
+    assert "broken.jpg" in caplog.text and "truncated.jpg" in caplog.text
+    assert collate_pixels([None, None]) == (None, 2)
+
+
+def test_sa1b_item_matches_the_json(sa1b_dir, processor):
+    paths = find_sa1b_images(sa1b_dir)
+    assert [p.name for p in paths] == ["sa_1.jpg", "sa_2.jpg", "sa_3.jpg", "sa_4.jpg"]
+    for path, item in zip(paths, SA1BDataset(paths, processor)):
+        annotations = json.loads(path.with_suffix(".json").read_text())["annotations"]
+        n = len(annotations)
+        assert item["masks"].shape == (n, 96, 128) and item["masks"].dtype == bool
+        assert torch.equal(item["pixel_values"], processor(images=open_rgb(path), return_tensors="pt")["pixel_values"][0])
+        assert item["original_size"] == (96, 128) and item["reshaped_size"] == (48, 64)
+        for mask, point, box, annotation in zip(item["masks"], item["points"], item["boxes"], annotations):
+            assert mask.sum() == annotation["area"] > 0
+            assert mask[int(point[1]), int(point[0])]  # the SA-1B point lies on its object
+            ys, xs = np.nonzero(mask)
+            np.testing.assert_array_equal(box, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            assert rle["counts"].decode() == annotation["segmentation"]["counts"]
+        # Model frame: longest side 128 -> 64, so prompts halve.
+        torch.testing.assert_close(item["input_points"][:, 0], torch.from_numpy(item["points"]) / 2)
+        torch.testing.assert_close(item["input_boxes"], torch.from_numpy(item["boxes"]) / 2)
+
+
+def test_sa1b_corrupt_image_or_json_is_skipped(sa1b_dir, tmp_path, processor, caplog):
+    for name in ("sa_1", "sa_2", "sa_3"):
+        for suffix in (".jpg", ".json"):
+            (tmp_path / f"{name}{suffix}").write_bytes((sa1b_dir / f"{name}{suffix}").read_bytes())
+    (tmp_path / "sa_1.jpg").write_bytes(b"garbage")
+    (tmp_path / "sa_2.json").write_text("{ not json")
+    items = list(SA1BDataset(find_sa1b_images(tmp_path), processor))
+    assert items[0] is None and items[1] is None and items[2]["path"].name == "sa_3.jpg"
+    assert "sa_1.jpg" in caplog.text and "sa_2.jpg" in caplog.text
+
+
+def test_make_sa1b_folder_with_supplied_masks_keeps_images_and_prompts(sa1b_dir, tmp_path):
+    originals = [json.loads((sa1b_dir / f"sa_{n}.json").read_text())["annotations"] for n in range(1, 5)]
+    replaced = [[np.ones((96, 128), bool) for _ in image_annotations] for image_annotations in originals]
+    make_sa1b_folder(tmp_path, seed=0, masks=replaced)
+    for n, image_annotations in enumerate(originals, start=1):
+        assert (tmp_path / f"sa_{n}.jpg").read_bytes() == (sa1b_dir / f"sa_{n}.jpg").read_bytes()
+        new = json.loads((tmp_path / f"sa_{n}.json").read_text())["annotations"]
+        assert [a["point_coords"] for a in new] == [a["point_coords"] for a in image_annotations]
+        assert [a["area"] for a in new] == [96 * 128] * len(image_annotations)

@@ -1,0 +1,154 @@
+"""The app as users and CI meet it: `python app.py --left A --right B`, called through gradio_client and
+driven in a real headless Chromium (Debian's chromium + chromium-driver, through Selenium)."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import save_tiny_model
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+ROOT = Path(__file__).parents[2]
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    """`python app.py` on two tiny local models, on a free port, until the module's tests are done."""
+    folder = tmp_path_factory.mktemp("served_models")
+    left, right = save_tiny_model(folder / "tiny_left", seed=0), save_tiny_model(folder / "tiny_right", seed=1)
+    port = free_port()
+    log = open(folder / "server.log", "w")
+    server = subprocess.Popen([sys.executable, "app.py", "--left", str(left), "--right", str(right), "--port", str(port)],
+                              cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 120
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"app.py exited: {(folder / 'server.log').read_text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+        server_log = (folder / "server.log").read_text()
+        assert "Traceback" not in server_log, server_log[-3000:]  # bad input must never crash a handler
+
+
+def test_segment_endpoint_returns_two_masks_and_a_report(app_url, photo_dir):
+    client = Client(app_url, verbose=False)
+    assert "/segment" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    left, right, report = client.predict(handle_file(str(photo_dir / "photo_0.jpg")), "[[250, 300, 1], [40, 60, 0]]",
+                                         "", True, api_name="/segment")
+    assert Path(left).is_file() and Path(right).is_file()
+    assert report["image"]["width"] == 512 and report["image"]["height"] == 600
+    for side in ("left", "right"):
+        assert report[side]["error"] is None and len(report[side]["scores"]) == 3
+        assert report[side]["mask_area"] > 0 and report[side]["decode_seconds"] > 0
+        assert "local" in report[side]["model"]
+    assert 0 <= report["iou_between_panes"] <= 1
+
+
+def test_bad_input_through_the_api_gives_messages(app_url, photo_dir, tmp_path):
+    client = Client(app_url, verbose=False)
+    corrupt = tmp_path / "broken.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    with pytest.raises(AppError, match="Cannot read broken.png"):
+        client.predict(handle_file(str(corrupt)), "[[5, 5, 1]]", "", True, api_name="/segment")
+    with pytest.raises(AppError, match="outside the 512x600 image"):
+        client.predict(handle_file(str(photo_dir / "photo_0.jpg")), "[[5000, 5, 1]]", "", True, api_name="/segment")
+
+
+def test_concurrent_clients_get_their_own_results(app_url, photo_dir):
+    """Two users at once, different photos and prompts: each gets what it would get alone."""
+    jobs = {"a": (photo_dir / "photo_0.jpg", "[[250, 300, 1]]"),
+            "b": (photo_dir / "photo_1.jpg", "[[30, 40, 1], [200, 150, 0]]")}
+
+    def report(name):
+        path, points = jobs[name]
+        return Client(app_url, verbose=False).predict(handle_file(str(path)), points, "", False,
+                                                      api_name="/segment")[2]
+    alone = {name: report(name) for name in jobs}
+    together = {}
+    threads = [threading.Thread(target=lambda name=name: together.update({name: report(name)})) for name in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for name in jobs:
+        for side in ("left", "right"):
+            assert together[name][side]["mask_area"] == alone[name][side]["mask_area"]
+            assert together[name][side]["scores"] == alone[name][side]["scores"]
+        assert together[name]["image"] == alone[name]["image"]
+
+
+@pytest.fixture
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        message = "needs Debian chromium + chromium-driver (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(f"the browser test must run in CI: {message}")
+        pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1700"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+@pytest.mark.browser
+def test_browser_bad_upload_then_example_click_shows_both_masks(app_url, browser, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def pane_texts():
+        return [browser.find_element(By.ID, f"{side}-text").text for side in ("left", "right")]
+
+    browser.get(app_url)
+    wait = WebDriverWait(browser, 90)
+    corrupt = tmp_path / "corrupt.jpg"  # a damaged upload first: a message in the page, and the app carries on
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    wait.until(lambda _: browser.find_elements(By.CSS_SELECTOR, "#upload input[type=file]"))
+    browser.find_element(By.CSS_SELECTOR, "#upload input[type=file]").send_keys(str(corrupt))
+    wait.until(lambda _: "Cannot read corrupt.jpg" in browser.find_element(By.TAG_NAME, "body").text)
+    wait.until(lambda _: browser.find_elements(By.CSS_SELECTOR, "#examples button.thumbnail-item"))
+    browser.find_elements(By.CSS_SELECTOR, "#examples button.thumbnail-item")[0].click()
+    wait.until(lambda _: all("encode" in text for text in pane_texts()))  # both panes encoded the example
+    photo = browser.find_element(By.CSS_SELECTOR, "#photo img")
+    ActionChains(browser).move_to_element(photo).click().perform()  # the middle of the photo
+    wait.until(lambda _: all("decode" in text for text in pane_texts()))
+    for side, text in zip(("left", "right"), pane_texts()):
+        assert "predicted IoU" in text and "area" in text and "M parameters" in text, text
+        overlay = browser.find_element(By.CSS_SELECTOR, f"#{side}-overlay img")
+        assert overlay.get_attribute("src") and overlay.size["width"] > 100
+    assert "1 positive" in browser.find_element(By.ID, "status").text
+    assert "Agreement: mask IoU" in browser.find_element(By.ID, "agreement").text
+    browser.save_screenshot(str(tmp_path / "app.png"))

@@ -1,0 +1,31 @@
+"""slimsam.infer.heap: the glibc settings asked for, and a clear no-op where there is no mallopt."""
+from __future__ import annotations
+
+import pytest
+
+from slimsam.infer.heap import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, keep_freed_memory_in_heap
+
+
+class RecordingLibc:
+    def __init__(self, accepts: bool = True):
+        self.calls, self.accepts = [], accepts
+
+    def mallopt(self, parameter, value):
+        self.calls.append((parameter, value.value))
+        return int(self.accepts)
+
+
+def test_sets_the_trim_and_mmap_thresholds():
+    libc = RecordingLibc()
+    assert keep_freed_memory_in_heap(16, libc=libc) is True
+    assert libc.calls == [(M_TRIM_THRESHOLD, 2 ** 31 - 1), (M_MMAP_THRESHOLD, 16 << 20)]
+
+
+def test_reports_a_refusal_or_a_libc_without_mallopt():
+    assert keep_freed_memory_in_heap(libc=RecordingLibc(accepts=False)) is False
+    assert keep_freed_memory_in_heap(libc=object()) is False
+
+
+def test_rejects_a_nonpositive_limit():
+    with pytest.raises(ValueError, match="at least 1"):
+        keep_freed_memory_in_heap(0, libc=RecordingLibc())

@@ -1,0 +1,114 @@
+"""Loading, saving and export: exact round trips, vanilla transformers compatibility, clear failures."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from PIL import Image
+from transformers import SamModel
+
+from slimsam import (
+    NotUniformError,
+    WeightsNotFoundError,
+    export_model,
+    load_model,
+    prune,
+    read_dims,
+    read_history,
+    save_model,
+)
+from slimsam.model.configs import processor_for
+
+
+def full_forward(model, processor, image):
+    inputs = processor(image, input_points=[[[20, 30]]], return_tensors="pt")
+    with torch.no_grad():
+        out = model(**inputs)
+    return out.pred_masks, out.iou_scores
+
+
+@pytest.fixture
+def image(rgb_array):
+    return Image.fromarray(rgb_array)
+
+
+def assert_same_model(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        assert torch.equal(sa[name], sb[name]), name
+
+
+def test_plain_folder_loads_with_its_processor(tiny_model_dir):
+    model, processor = load_model(str(tiny_model_dir))
+    assert isinstance(model, SamModel) and not model.training
+    assert processor.image_processor.size["longest_edge"] == 64
+
+
+@pytest.mark.parametrize("steps", [["embedding"], ["embedding", "bottleneck-global"]])
+def test_pruned_models_round_trip_exactly(tiny_model, image, tmp_path, steps):
+    """Step-1 intermediate (head dim != hidden/heads) and global (per-layer dims) models reload exactly."""
+    processor = processor_for(tiny_model.config)
+    history = []
+    for step in steps:
+        target, _, scope = step.partition("-")
+        history.append(prune(tiny_model, target, 0.5, scope=scope or "local", criterion="magnitude"))
+    save_model(tiny_model, processor, tmp_path / "pruned", history)
+    loaded, loaded_processor = load_model(str(tmp_path / "pruned"), fast=False)  # the attention tiny_model runs
+    assert read_dims(loaded) == read_dims(tiny_model)
+    assert_same_model(loaded, tiny_model)
+    for a, b in zip(full_forward(loaded, loaded_processor, image), full_forward(tiny_model, processor, image)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)  # weights are bit-identical above
+    assert [record["target"] for record in read_history(tmp_path / "pruned")] == [s.split("-")[0] for s in steps]
+
+
+def test_export_loads_in_vanilla_transformers_with_same_outputs(tiny_model, image, tmp_path):
+    processor = processor_for(tiny_model.config)
+    prune(tiny_model, "embedding", 0.5, criterion="magnitude")
+    prune(tiny_model, "bottleneck", 0.5, criterion="magnitude")
+    export_model(tiny_model, processor, tmp_path / "hf")
+    assert not (tmp_path / "hf" / "slimsam.json").exists()
+    vanilla = SamModel.from_pretrained(tmp_path / "hf").eval()
+    assert vanilla.config.vision_config.hidden_size == 24 and vanilla.config.vision_config.mlp_dim == 48
+    for a, b in zip(full_forward(vanilla, processor, image), full_forward(tiny_model, processor, image)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scope", ["step1-only", "global"])
+def test_export_refuses_models_a_plain_config_cannot_describe(tiny_model, tmp_path, scope):
+    processor = processor_for(tiny_model.config)
+    prune(tiny_model, "embedding", 0.5, criterion="magnitude")
+    if scope == "global":
+        prune(tiny_model, "bottleneck", 0.5, scope="global", criterion="magnitude")
+        assert not read_dims(tiny_model).is_uniform
+    with pytest.raises(NotUniformError, match="--scope local"):
+        export_model(tiny_model, processor, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
+def test_missing_hub_weights_raise_one_actionable_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsNotFoundError) as info:
+        load_model("slimsam-77")
+    message = str(info.value)
+    assert "Zigeng/SlimSAM-uniform-77" in message
+    assert "HF_HUB_OFFLINE=1" in message and "cache" in message and "local folder" in message
+
+
+def test_missing_local_folder_is_not_mistaken_for_a_hub_id(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model(str(tmp_path / "nothing" / "here"))
+
+
+def test_saving_never_overwrites_silently_and_leaves_no_partial_folder(tiny_model, tmp_path):
+    processor = processor_for(tiny_model.config)
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "keep.txt").write_text("precious")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        save_model(tiny_model, processor, target)
+    assert (target / "keep.txt").read_text() == "precious"
+    save_model(tiny_model, processor, target, overwrite=True)
+    assert sorted(os.listdir(target)) == ["config.json", "model.safetensors", "processor_config.json", "slimsam.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp folders left behind
