@@ -27,5 +27,9 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    return 0 if text == "0" else positive_int(text)
+
+
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=default_device(), help="cpu or cuda (default: cuda when available)")

@@ -16,14 +16,10 @@ from slimsam.bench.speed import (
     plot_chart,
     write_json,
 )
-from slimsam.cli.args import add_device, positive_int
+from slimsam.cli.args import add_device, non_negative_int, positive_int
 from slimsam.cli.errors import CliError
 from slimsam.infer.heap import keep_freed_memory_in_heap
 from slimsam.model.random_weights import RANDOM_CONFIGS
-
-
-def non_negative_int(text: str) -> int:
-    return 0 if text == "0" else positive_int(text)
 
 
 def add_parser(subparsers) -> None:

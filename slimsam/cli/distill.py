@@ -12,15 +12,19 @@ from slimsam.cli.args import add_device, positive_int
 from slimsam.cli.errors import CliError
 from slimsam.distill.distributed import init_distributed
 from slimsam.distill.train import SettingsError, TrainConfig, distill, train_and_val_paths
+from slimsam.distill.validation import validation_annotations
 from slimsam.model.checkpoints import load_model, read_history
 
 
 def add_training_args(parser: argparse.ArgumentParser) -> None:
     """Data and hyperparameter options shared by `distill` and `slim` (defaults: the paper's)."""
     parser.add_argument("--train", required=True, help="folder of training images (the images directly inside it)")
-    parser.add_argument("--val", help="folder of validation images; with SA-1B annotations (sa_<n>.json) the best "
-                                      "checkpoint and the lr schedule follow point-prompt mIoU, else embedding MSE "
+    parser.add_argument("--val", help="folder of validation images; when all are annotated (SA-1B sa_<n>.json, "
+                                      "mask folders, or COCO with --val-annotations) the best checkpoint and the lr "
+                                      "schedule follow point-prompt mIoU, else embedding MSE to the teacher "
                                       "(default: hold out --val-size training images)")
+    parser.add_argument("--val-annotations", metavar="FILE",
+                        help="COCO instances JSON annotating the validation images (mIoU validation)")
     parser.add_argument("--val-size", type=positive_int, default=50, help="images held out when --val is not given")
     defaults = TrainConfig(stage=1)  # the hyperparameters' single source of truth
     parser.add_argument("--epochs", type=positive_int, default=defaults.epochs,
@@ -77,6 +81,7 @@ def run(args) -> None:
 
 def _run(args) -> None:
     train_paths, val_paths = train_and_val_paths(args.train, args.val, args.val_size, args.seed)
+    validation_annotations(val_paths, args.val_annotations)  # bad annotations fail before any model loads
     device = init_distributed(args.device)
     student, processor = load_model(args.student)
     teacher, _ = load_model(args.teacher)
@@ -85,5 +90,6 @@ def _run(args) -> None:
                          micro_batch=args.micro_batch, seed=args.seed, checkpoint_every=args.checkpoint_every,
                          num_workers=num_workers(args, device), device=str(device))
     model_dir = distill(student, processor, teacher, train_paths, val_paths, args.out, config,
-                        step1_model=step1_model, resume=args.resume, history=read_history(args.student))
+                        step1_model=step1_model, resume=args.resume, history=read_history(args.student),
+                        val_annotations=args.val_annotations)
     print(f"best model saved to {model_dir}")

@@ -5,8 +5,9 @@ from pathlib import Path
 
 from slimsam.cli.args import add_device, positive_int, ratio
 from slimsam.cli.errors import CliError
+from slimsam.data.annotations import AnnotatedDataset, iter_annotated
+from slimsam.data.formats import open_annotations
 from slimsam.data.images import iter_pixel_values, list_images
-from slimsam.data.sa1b import find_sa1b_images, iter_sa1b
 from slimsam.model.checkpoints import load_model, read_history, resolve, save_model
 from slimsam.model.stats import count_parameters, encoder_macs
 from slimsam.pruning.importance import CRITERIA
@@ -22,7 +23,8 @@ def add_parser(subparsers) -> None:
                         help="local: same ratio in every block (default); global: rank bottlenecks across blocks")
     parser.add_argument("--importance", choices=CRITERIA, default="disturbed-taylor")
     parser.add_argument("--images", help="folder of images for the gradient pass (disturbed-taylor; "
-                        "taylor needs SA-1B images with their sa_<n>.json annotations)")
+                        "taylor needs annotated images: SA-1B, mask folders, or COCO with --annotations)")
+    parser.add_argument("--annotations", metavar="FILE", help="taylor: COCO instances JSON for the --images folder")
     parser.add_argument("--grad-size", type=positive_int, default=1000, help="images in the gradient pass")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="output folder (slimsam format)")
@@ -40,18 +42,19 @@ def _summary(model) -> str:
 def run(args) -> None:
     if Path(args.out).exists() and not args.overwrite:
         raise CliError(f"output folder {args.out} already exists (pass --overwrite to replace it)")
-    paths = None
+    paths, source, labelled = None, None, args.importance == "taylor"
+    if args.annotations and not labelled:
+        raise CliError("--annotations is for --importance taylor (the other criteria need no labels)")
     if args.importance in ("disturbed-taylor", "taylor"):
         if not args.images:
             raise CliError(f"--importance {args.importance} needs --images DIR (or use magnitude / random)")
-        find = find_sa1b_images if args.importance == "taylor" else list_images
-        paths = find(args.images)[:args.grad_size]
+        source = open_annotations(args.images, args.annotations) if labelled else None
+        paths = (source.paths if labelled else list_images(args.images))[:args.grad_size]
     model, processor = load_model(args.model, device=args.device)
     before = _summary(model)
     skipped: list[Path] = []
-    labelled = args.importance == "taylor"
     pixels = iter_pixel_values(paths, processor, skipped=skipped) if paths and not labelled else None
-    samples = iter_sa1b(paths, processor, skipped) if labelled else None
+    samples = iter_annotated(AnnotatedDataset(source, processor, paths), skipped) if labelled else None
     record = prune(model, args.target, args.ratio, args.scope, args.importance, pixels,
                    num_images=len(paths) if paths else None, seed=args.seed, samples=samples, processor=processor)
     record["source"] = resolve(args.model)

@@ -33,7 +33,8 @@ def run(args) -> None:
     settings = SlimSettings(model=model, ratio=args.ratio, train=str(Path(args.train).resolve()),
                             val=str(Path(args.val).resolve()) if args.val else None, epochs=args.epochs,
                             val_size=args.val_size, grad_size=args.grad_size, seed=args.seed, lr=args.lr,
-                            batch_size=args.batch_size, micro_batch=args.micro_batch)
+                            batch_size=args.batch_size, micro_batch=args.micro_batch,
+                            val_annotations=str(Path(args.val_annotations).resolve()) if args.val_annotations else None)
     device = init_distributed(args.device)
     try:
         record = slim(settings, args.out, device, num_workers(args, device), args.checkpoint_every)

@@ -29,7 +29,7 @@ from slimsam.data.files import remove_stale_temporaries, write_json_atomically
 from slimsam.data.images import iter_pixel_values
 from slimsam.distill.distributed import barrier, broadcast_from_main, is_main
 from slimsam.distill.train import SettingsError, TrainConfig, distill, train_and_val_paths
-from slimsam.distill.validation import TeacherEmbeddings
+from slimsam.distill.validation import TeacherEmbeddings, validation_annotations
 from slimsam.model.checkpoints import export_model, load_model, read_history, resolve, save_model
 from slimsam.pruning.steps import prune
 
@@ -59,6 +59,7 @@ class SlimSettings:
     lr: float = TrainConfig.lr
     batch_size: int = TrainConfig.batch_size
     micro_batch: int = TrainConfig.micro_batch
+    val_annotations: str | None = None  # a COCO file annotating the validation images (mIoU validation)
 
     def train_config(self, stage: int, device: torch.device, num_workers: int, checkpoint_every: int) -> TrainConfig:
         return TrainConfig(stage=stage, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
@@ -122,18 +123,20 @@ def _prune_phase(source: Path | str, target: str, settings: SlimSettings, grad_p
 
 
 def _distill_phase(student_folder: Path, teacher: SamModel, step1_model: SamModel | None,
-                   train_paths: list[Path], val_paths: list[Path], run_dir: Path, config: TrainConfig) -> Path:
+                   train_paths: list[Path], val_paths: list[Path], run_dir: Path, config: TrainConfig,
+                   val_annotations: str | None) -> Path:
     student, processor = load_model(str(student_folder))
     return distill(student, processor, teacher, train_paths, val_paths, run_dir, config, step1_model=step1_model,
-                   resume=True, history=read_history(student_folder))
+                   resume=True, history=read_history(student_folder), val_annotations=val_annotations)
 
 
 def slim(settings: SlimSettings, out: str | Path, device: torch.device, num_workers: int = 0,
          checkpoint_every: int = 250) -> dict:
     """Run (or resume) the whole method into `out`; returns the slim.json record (with the MSE figures)."""
     out = Path(out)
-    # Bad data folders or model names fail here, before slim.json pins the settings.
+    # Bad data folders, annotations or model names fail here, before slim.json pins the settings.
     train_paths, val_paths = train_and_val_paths(settings.train, settings.val, settings.val_size, settings.seed)
+    validation_annotations(val_paths, settings.val_annotations)
     teacher, processor = load_model(settings.model, device=device)
     record = _start_or_check(out, settings)
     if is_main():
@@ -157,13 +160,13 @@ def slim(settings: SlimSettings, out: str | Path, device: torch.device, num_work
     _prune_phase(settings.model, "embedding", settings, grad_paths, out / EMBEDDING_PRUNED, device)
     measure(EMBEDDING_PRUNED, out / EMBEDDING_PRUNED)
     step1_folder = _distill_phase(out / EMBEDDING_PRUNED, teacher, None, train_paths, val_paths,
-                                  out / BOTTLENECK_ALIGNING, config(1))
+                                  out / BOTTLENECK_ALIGNING, config(1), settings.val_annotations)
     measure(BOTTLENECK_ALIGNING, step1_folder)
     _prune_phase(step1_folder, "bottleneck", settings, grad_paths, out / BOTTLENECK_PRUNED, device)
     measure(BOTTLENECK_PRUNED, out / BOTTLENECK_PRUNED)
     step1_model, _ = load_model(str(step1_folder), device=device)
     slim_folder = _distill_phase(out / BOTTLENECK_PRUNED, teacher, step1_model, train_paths, val_paths,
-                                 out / EMBEDDING_ALIGNING, config(2))
+                                 out / EMBEDDING_ALIGNING, config(2), settings.val_annotations)
     measure(EMBEDDING_ALIGNING, slim_folder)
     if not (out / FINAL).exists() and is_main():
         model, model_processor = load_model(str(slim_folder))

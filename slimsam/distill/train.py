@@ -242,10 +242,11 @@ class Run:
 
 def distill(student: SamModel, processor: SamProcessor, teacher: SamModel, train_paths: list[Path],
             val_paths: list[Path], run_dir: str | Path, config: TrainConfig, step1_model: SamModel | None = None,
-            resume: bool = False, history: list[dict] | None = None) -> Path:
+            resume: bool = False, history: list[dict] | None = None, val_annotations: str | Path | None = None) -> Path:
     """Train `student`'s image encoder towards `teacher` (one SlimSAM distillation phase); returns the model folder.
 
     step1_model: for stage 2, the model that was bottleneck-pruned to make the student (the stage-1 result).
+    val_annotations: a COCO file annotating the validation images (validation.make_validation).
     resume: continue from run_dir/checkpoint.pt; without it an existing checkpoint is an error.
     history: the student's history; the saved model's is history + this phase's record.
     The best student (by validation metric) is saved to run_dir/model and, when this call trained it, loaded
@@ -258,7 +259,8 @@ def distill(student: SamModel, processor: SamProcessor, teacher: SamModel, train
             raise FileExistsError(f"{run_dir / MODEL_FOLDER} already exists and is not from a run of these settings")
         log.info("%s is finished; using its model", run_dir)
         return run_dir / MODEL_FOLDER
-    run = _start_run(student, processor, teacher, step1_model, train_paths, val_paths, run_dir, config, saved)
+    run = _start_run(student, processor, teacher, step1_model, train_paths, val_paths, run_dir, config, saved,
+                     val_annotations)
     sampler = DistributedSampler(run.dataset, num_replicas=world_size(), rank=rank(), shuffle=True, seed=config.seed)
     while run.progress.epoch < config.epochs:
         sampler.set_epoch(run.progress.epoch)  # the order depends on (seed, epoch) only: a resumed run sees the same
@@ -289,7 +291,7 @@ def _read_checkpoint(run_dir: Path, config: TrainConfig, train_paths: list[Path]
 
 def _start_run(student: SamModel, processor: SamProcessor, teacher: SamModel, step1_model: SamModel | None,
                train_paths: list[Path], val_paths: list[Path], run_dir: Path, config: TrainConfig,
-               saved: dict | None) -> Run:
+               saved: dict | None, val_annotations: str | Path | None = None) -> Run:
     """Models on the device, teachers frozen, optimizer and schedule made, or restored from `saved`."""
     device = torch.device(config.device)
     for target in (teacher, step1_model):
@@ -297,7 +299,8 @@ def _start_run(student: SamModel, processor: SamProcessor, teacher: SamModel, st
             target.to(device).eval().requires_grad_(False)
     encoder = student.to(device).vision_encoder.train()
     optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr)
-    validation = make_validation(val_paths, teacher, processor, config.micro_batch, config.num_workers)
+    validation = make_validation(val_paths, teacher, processor, config.micro_batch, config.num_workers,
+                                 val_annotations)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max" if validation.higher_is_better else "min", factor=config.lr_factor,
         patience=config.lr_patience)

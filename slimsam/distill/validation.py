@@ -13,7 +13,9 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import SamModel, SamProcessor
 
+from slimsam.data.annotations import AnnotatedDataset, AnnotationSource, DatasetError
 from slimsam.data.datasets import ImageDataset, collate_pixels
+from slimsam.data.formats import NoAnnotationsError, open_annotations
 from slimsam.distill.distributed import is_main
 from slimsam.distill.features import autocast_for
 from slimsam.evaluate.miou import evaluate
@@ -78,22 +80,45 @@ class Validation:
     measure: Callable[[SamModel], float]
 
 
+def validation_annotations(val_paths: list[Path], annotations: str | Path | None = None
+                           ) -> AnnotationSource | None:
+    """The validation images' annotations, in any format of slimsam.data.formats, or None when some have none.
+
+    Without `annotations` (a COCO file), the format is detected from the images' folder, and images that are
+    not all annotated mean plain images (None). With it, every validation image must be in the file:
+    DatasetError otherwise, since the user asked for mIoU.
+    """
+    if not val_paths:
+        return None
+    try:
+        source = open_annotations(val_paths[0].parent, annotations)
+    except NoAnnotationsError:
+        return None
+    annotated = set(source.paths)
+    missing = [path for path in val_paths if path not in annotated]
+    if missing and annotations is not None:
+        raise DatasetError(f"{len(missing)} of the {len(val_paths)} validation images are not in {annotations} "
+                           f"(first: {missing[0].name})")
+    return None if missing else source
+
+
 def make_validation(val_paths: list[Path], teacher: SamModel, processor: SamProcessor, batch_size: int = 1,
-                    num_workers: int = 0) -> Validation:
-    """mIoU with point prompts when every validation image has its SA-1B annotations, else embedding MSE."""
-    annotated = all(path.with_suffix(".json").is_file() for path in val_paths)
-    if not annotated:
+                    num_workers: int = 0, annotations: str | Path | None = None) -> Validation:
+    """mIoU with point prompts when every validation image is annotated (validation_annotations), else embedding MSE."""
+    source = validation_annotations(val_paths, annotations)
+    if source is None:
         if is_main():
-            log.info("validation: %d images without SA-1B annotations, so the best checkpoint and the lr schedule "
+            log.info("validation: %d images without annotations, so the best checkpoint and the lr schedule "
                      "follow the embedding MSE to the teacher (lower is better) instead of mIoU", len(val_paths))
         targets = TeacherEmbeddings(teacher, val_paths, processor, batch_size, num_workers)
         return Validation("embedding_mse", False, targets.mse)
-    return Validation("miou", True, lambda student: _miou(student, processor, val_paths))
+    dataset = AnnotatedDataset(source, processor, val_paths)
+    return Validation("miou", True, lambda student: _miou(student, processor, dataset))
 
 
-def _miou(student: SamModel, processor: SamProcessor, val_paths: list[Path]) -> float:
+def _miou(student: SamModel, processor: SamProcessor, dataset: AnnotatedDataset) -> float:
     was_training = student.vision_encoder.training
     student.vision_encoder.eval()
-    result = evaluate(student, processor, val_paths, prompt="point", progress=False)
+    result = evaluate(student, processor, dataset, prompt="point", progress=False)
     student.vision_encoder.train(was_training)
     return result.miou

@@ -1,7 +1,7 @@
 """Figures shared by the tutorial notebooks (notebooks/): each function draws one kind of picture.
 
-Each function returns the matplotlib Figure it drew (notebooks display it; scripts can save it), except
-`show_mask`, which draws on an Axes it is given.
+Each function returns the matplotlib Figure it drew (notebooks display it; scripts can save it). `show_mask`
+(one mask and its prompt on an Axes, from slimsam.evaluate.report, which draws evaluation reports) is here too.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from matplotlib.patches import ConnectionPatch, FancyArrowPatch, Rectangle
 
+from slimsam.evaluate.report import show_mask
 from slimsam.model.structure import EncoderDims
 
 EMBEDDING_COLOR = "tab:blue"
@@ -30,28 +31,6 @@ def _human(n: float) -> str:
 
 
 # --- masks ---------------------------------------------------------------------------------------------
-
-def show_mask(ax, image, mask, points=None, labels=None, box=None, title=None, color=(0.12, 0.56, 1.0)) -> None:
-    """Draw `image` with `mask` (H, W bool) tinted on top, and the prompt: points (green stars
-    positive, red negative) and box."""
-    ax.imshow(image)
-    if mask is not None:
-        overlay = np.zeros((*_numpy(mask).shape, 4))
-        overlay[_numpy(mask).astype(bool)] = (*color, 0.55)
-        ax.imshow(overlay)
-    if points is not None:
-        points = np.asarray(points, dtype=float).reshape(-1, 2)
-        labels = np.ones(len(points)) if labels is None else np.asarray(labels)
-        for (x, y), label in zip(points, labels):
-            ax.scatter([x], [y], s=180, marker="*", c="lime" if label == 1 else "red", edgecolors="white",
-                       linewidths=1.2)
-    if box is not None:
-        x0, y0, x1, y1 = box
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="lime", linewidth=2))
-    if title:
-        ax.set_title(title, fontsize=10)
-    ax.axis("off")
-
 
 def mask_grid(image, results: Mapping[str, tuple], points=None, labels=None, box=None, suptitle=None):
     """One panel per model: its best mask (highest predicted IoU) for the same prompt.
