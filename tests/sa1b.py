@@ -27,7 +27,7 @@ def _ellipse(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     return ((y + 0.5 - cy) / ry) ** 2 + ((x + 0.5 - cx) / rx) ** 2 <= 1
 
 
-def _rle(mask: np.ndarray) -> dict:
+def encode_rle(mask: np.ndarray) -> dict:
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")  # JSON needs str; SA-1B stores it that way too
     return rle
@@ -66,7 +66,7 @@ def make_sa1b_folder(root: str | Path, num_images: int = 16, size: tuple[int, in
         for i, mask in enumerate(object_masks):
             ys, xs = np.nonzero(mask)
             pick = rng.integers(len(xs))
-            rle = _rle(mask)
+            rle = encode_rle(mask)
             annotations.append({
                 "id": n * 1000 + i, "segmentation": rle, "area": int(mask_utils.area(rle)),
                 "bbox": [float(v) for v in mask_utils.toBbox(rle)],
@@ -81,7 +81,7 @@ def make_sa1b_folder(root: str | Path, num_images: int = 16, size: tuple[int, in
             for annotation, mask in zip(annotations, supplied):
                 if np.shape(mask) != (height, width):
                     raise ValueError(f"image {n}: mask shape {np.shape(mask)} is not {size}")
-                annotation["segmentation"] = _rle(np.asarray(mask, dtype=bool))
+                annotation["segmentation"] = encode_rle(np.asarray(mask, dtype=bool))
                 annotation["area"] = int(mask_utils.area(annotation["segmentation"]))
         name = f"sa_{n}"
         Image.fromarray(image).save(root / f"{name}.jpg", quality=95)

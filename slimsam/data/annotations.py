@@ -165,7 +165,7 @@ class AnnotatedDataset(Dataset):
             log.warning("skipping %s: %s", path, error)
             return None
         left_out = Counter(found.left_out)
-        keep = found.masks.reshape(len(found.masks), -1).sum(axis=1) >= self.min_area
+        keep = found.masks.sum(axis=(1, 2)) >= self.min_area
         if not keep.all():
             left_out[f"empty or tiny mask (< {self.min_area} px)"] += int((~keep).sum())
         masks, points, boxes = found.masks[keep], found.points[keep], found.boxes[keep]

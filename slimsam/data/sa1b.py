@@ -10,6 +10,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 from pycocotools import mask as mask_utils
 
 from slimsam.data.annotations import SIZE_DIFFERS, ImageAnnotations
@@ -38,14 +39,15 @@ class SA1B:
         """Masks from the RLE, prompts from `point_coords` and `bbox`; a mask of another size is left out."""
         height, width = size
         annotations = json.loads(path.with_suffix(".json").read_text())["annotations"]
-        masks, points, boxes, left_out = [], [], [], Counter()
+        rles, points, boxes, left_out = [], [], [], Counter()
         for annotation in annotations:
             rle = annotation["segmentation"]
             if list(rle["size"]) != [height, width]:
                 left_out[SIZE_DIFFERS] += 1
                 continue
             x, y, w, h = annotation["bbox"]
-            masks.append(mask_utils.decode(rle).astype(bool))
+            rles.append(rle)
             points.append(annotation["point_coords"][0])
             boxes.append([x, y, x + w, y + h])
+        masks = list(np.moveaxis(mask_utils.decode(rles), -1, 0).astype(bool)) if rles else []
         return ImageAnnotations.from_masks(masks, height, width, left_out, points, boxes)

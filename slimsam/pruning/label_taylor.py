@@ -21,9 +21,10 @@ MAX_MASKS_PER_IMAGE = 16
 def accumulate_label_taylor_gradients(model: SamModel, processor: SamProcessor, samples: Iterable[dict],
                                       max_masks: int = MAX_MASKS_PER_IMAGE, seed: int = 0, total: int | None = None,
                                       progress: bool = True) -> int:
-    """Sum d(focal_dice_loss)/dw over SA-1B samples into the model's `.grad`; returns the images used.
+    """Sum d(focal_dice_loss)/dw over annotated samples into the model's `.grad`; returns the images used.
 
-    samples: SA1BDataset items (see slimsam.data.iter_sa1b); images without annotations are passed over.
+    samples: AnnotatedDataset items (slimsam.data.annotations, any format); images without annotations
+    are passed over.
     Each image contributes at most `max_masks` annotations, drawn with `seed`: the loss is computed at
     the original resolution, and ~100 SA-1B masks of 1500 x 2250 at once would not fit in memory.
     """

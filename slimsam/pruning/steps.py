@@ -138,7 +138,7 @@ def prune(model: SamModel, target: str, ratio: float, scope: str = "local", crit
     """Score channels with `criterion`, then run one SlimSAM pruning step in place.
 
     target: "embedding" (step 1) or "bottleneck" (step 2). criterion: one of importance.CRITERIA.
-    samples, processor: for label-based "taylor", SA-1B samples (slimsam.data.iter_sa1b; num_images
+    samples, processor: for label-based "taylor", annotated samples (slimsam.data.annotations; num_images
     of them) and the model's processor.
     pixel_values: (1, 3, S, S) images for the disturbed-Taylor gradient pass (num_images of them, for
     the progress bar). Returns a record of what was done (incl. seconds spent on gradients and on
@@ -161,11 +161,11 @@ def prune(model: SamModel, target: str, ratio: float, scope: str = "local", crit
             raise ImageFolderError("no readable images for the disturbed-taylor gradient pass")
     elif criterion == "taylor":
         if samples is None or processor is None:
-            raise ValueError("label-based taylor importance needs SA-1B samples and the model's processor")
+            raise ValueError("label-based taylor importance needs annotated samples and the model's processor")
         used = accumulate_label_taylor_gradients(model, processor, samples, seed=seed, total=num_images,
                                                  progress=progress)
         if used == 0:
-            raise ImageFolderError("no readable annotated SA-1B images for the taylor gradient pass")
+            raise ImageFolderError("no readable annotated images for the taylor gradient pass")
     gradient_seconds = time.perf_counter() - started
     score_kind = "taylor" if criterion in ("disturbed-taylor", "taylor") else criterion
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""slimsam.data: folders, split, SamProcessor-identical preprocessing, SA-1B decoding, corrupt files."""
+"""slimsam.data: folders, split, SamProcessor-identical preprocessing, corrupt files (annotations: test_formats)."""
 from __future__ import annotations
 
 import json
@@ -6,13 +6,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from pycocotools import mask as mask_utils
 from sa1b import make_sa1b_folder
 from torch.utils.data import DataLoader
 
 from slimsam.data.datasets import ImageDataset, collate_pixels, train_val_split
 from slimsam.data.images import ImageFolderError, list_images, open_rgb
-from slimsam.data.sa1b import SA1BDataset, find_sa1b_images
 from slimsam.model.configs import processor_for, tiny_config
 
 
@@ -37,8 +35,6 @@ def test_list_images_sorted_not_recursive_and_errors(tmp_path, photo_dir):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ImageFolderError, match="no images"):
         list_images(tmp_path / "empty")
-    with pytest.raises(ImageFolderError, match="no SA-1B annotations"):
-        find_sa1b_images(tmp_path)
 
 
 def test_train_val_split_is_seeded_disjoint_and_complete(tmp_path):
@@ -72,38 +68,6 @@ def test_corrupt_images_are_skipped_and_counted(photo_dir, tmp_path, processor, 
     assert pixels.shape == (1, 3, 64, 64) and skipped == 2
     assert "broken.jpg" in caplog.text and "truncated.jpg" in caplog.text
     assert collate_pixels([None, None]) == (None, 2)
-
-
-def test_sa1b_item_matches_the_json(sa1b_dir, processor):
-    paths = find_sa1b_images(sa1b_dir)
-    assert [p.name for p in paths] == ["sa_1.jpg", "sa_2.jpg", "sa_3.jpg", "sa_4.jpg"]
-    for path, item in zip(paths, SA1BDataset(paths, processor)):
-        annotations = json.loads(path.with_suffix(".json").read_text())["annotations"]
-        n = len(annotations)
-        assert item["masks"].shape == (n, 96, 128) and item["masks"].dtype == bool
-        assert torch.equal(item["pixel_values"], processor(images=open_rgb(path), return_tensors="pt")["pixel_values"][0])
-        assert item["original_size"] == (96, 128) and item["reshaped_size"] == (48, 64)
-        for mask, point, box, annotation in zip(item["masks"], item["points"], item["boxes"], annotations):
-            assert mask.sum() == annotation["area"] > 0
-            assert mask[int(point[1]), int(point[0])]  # the SA-1B point lies on its object
-            ys, xs = np.nonzero(mask)
-            np.testing.assert_array_equal(box, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-            assert rle["counts"].decode() == annotation["segmentation"]["counts"]
-        # Model frame: longest side 128 -> 64, so prompts halve.
-        torch.testing.assert_close(item["input_points"][:, 0], torch.from_numpy(item["points"]) / 2)
-        torch.testing.assert_close(item["input_boxes"], torch.from_numpy(item["boxes"]) / 2)
-
-
-def test_sa1b_corrupt_image_or_json_is_skipped(sa1b_dir, tmp_path, processor, caplog):
-    for name in ("sa_1", "sa_2", "sa_3"):
-        for suffix in (".jpg", ".json"):
-            (tmp_path / f"{name}{suffix}").write_bytes((sa1b_dir / f"{name}{suffix}").read_bytes())
-    (tmp_path / "sa_1.jpg").write_bytes(b"garbage")
-    (tmp_path / "sa_2.json").write_text("{ not json")
-    items = list(SA1BDataset(find_sa1b_images(tmp_path), processor))
-    assert items[0] is None and items[1] is None and items[2]["path"].name == "sa_3.jpg"
-    assert "sa_1.jpg" in caplog.text and "sa_2.jpg" in caplog.text
 
 
 def test_make_sa1b_folder_with_supplied_masks_keeps_images_and_prompts(sa1b_dir, tmp_path):

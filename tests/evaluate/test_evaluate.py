@@ -17,11 +17,18 @@ from sa1b import make_sa1b_folder
 
 from slimsam import load_model
 from slimsam.cli.main import main
-from slimsam.data.sa1b import find_sa1b_images
+from slimsam.data.annotations import AnnotatedDataset
+from slimsam.data.formats import open_annotations
 from slimsam.evaluate.masks import mask_iou
 from slimsam.evaluate.miou import evaluate
 
 NUM_IMAGES = 6
+
+
+def score(model_and_processor, folder, prompt: str = "point"):
+    """slimsam.evaluate.miou.evaluate on the annotated folder (its format detected)."""
+    model, processor = model_and_processor
+    return evaluate(model, processor, AnnotatedDataset(open_annotations(folder), processor), prompt, progress=False)
 
 
 def reference_masks(model, processor, folder, prompt: str) -> list[list[np.ndarray]]:
@@ -77,7 +84,7 @@ def test_mask_iou_known_values():
 def test_own_predictions_score_one(model_and_processor, own_dir, own_masks):
     # The predictions are neither empty nor whole-image, so a score of 1 is informative.
     assert 0 < np.mean([m.mean() for masks in own_masks for m in masks]) < 1
-    result = evaluate(*model_and_processor, find_sa1b_images(own_dir), "point", progress=False)
+    result = score(model_and_processor, own_dir)
     assert result.miou == 1.0
     assert (result.images, result.annotations, result.skipped) == (NUM_IMAGES, sum(map(len, own_masks)), 0)
 
@@ -92,29 +99,28 @@ def test_masks_from_the_project_predictor_score_one(tiny_model_dir, model_and_pr
         annotations = json.loads((prompts_dir / f"sa_{n}.json").read_text())["annotations"]
         masks.append([predictor.predict(points=a["point_coords"], multimask_output=False)[0][0] for a in annotations])
     folder = make_sa1b_folder(tmp_path, seed=3, masks=masks)
-    assert evaluate(*model_and_processor, find_sa1b_images(folder), "point", progress=False).miou == 1.0
+    assert score(model_and_processor, folder).miou == 1.0
 
 
 def test_an_image_without_annotations_is_not_scored(model_and_processor, own_dir, own_masks, tmp_path):
     shutil.copytree(own_dir, tmp_path / "data")
     record = json.loads((tmp_path / "data" / "sa_1.json").read_text())
     (tmp_path / "data" / "sa_1.json").write_text(json.dumps(dict(record, annotations=[])))
-    result = evaluate(*model_and_processor, find_sa1b_images(tmp_path / "data"), "point", progress=False)
+    result = score(model_and_processor, tmp_path / "data")
     assert (result.miou, result.images, result.skipped) == (1.0, NUM_IMAGES - 1, 0)
     assert result.annotations == sum(map(len, own_masks[1:]))
 
 
 def test_the_generated_masks_do_not_score_one(model_and_processor, prompts_dir):
-    result = evaluate(*model_and_processor, find_sa1b_images(prompts_dir), "point", progress=False)
+    result = score(model_and_processor, prompts_dir)
     assert result.miou < 0.9
 
 
 def test_box_prompts_use_the_bbox(model_and_processor, prompts_dir, tmp_path):
     box_masks = reference_masks(*model_and_processor, prompts_dir, "box")
     folder = make_sa1b_folder(tmp_path, seed=3, masks=box_masks)
-    paths = find_sa1b_images(folder)
-    assert evaluate(*model_and_processor, paths, "box", progress=False).miou == 1.0
-    assert evaluate(*model_and_processor, paths, "point", progress=False).miou < 1.0
+    assert score(model_and_processor, folder, "box").miou == 1.0
+    assert score(model_and_processor, folder, "point").miou < 1.0
 
 
 def test_known_perturbation_averages_per_image_then_over_images(model_and_processor, own_masks, tmp_path):
@@ -129,7 +135,7 @@ def test_known_perturbation_averages_per_image_then_over_images(model_and_proces
     pooled = 1 - sum(min(i % 2 + 1, c) for i, c in enumerate(counts)) / sum(counts)
     assert not np.isclose(np.mean(expected_per_image), pooled)  # the data can tell the two averages apart
     folder = make_sa1b_folder(tmp_path, seed=3, masks=perturbed)
-    result = evaluate(*model_and_processor, find_sa1b_images(folder), "point", progress=False)
+    result = score(model_and_processor, folder)
     assert result.miou == pytest.approx(np.mean(expected_per_image), abs=1e-6)
 
 

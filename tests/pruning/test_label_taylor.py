@@ -11,7 +11,8 @@ from sa1b import make_sa1b_folder
 
 from slimsam import load_model, read_history
 from slimsam.cli.main import main
-from slimsam.data.sa1b import find_sa1b_images, iter_sa1b
+from slimsam.data.annotations import AnnotatedDataset, iter_annotated
+from slimsam.data.formats import open_annotations
 from slimsam.evaluate.masks import focal_dice_loss
 from slimsam.model.configs import processor_for, tiny_config
 from slimsam.pruning.groups import embedding_group
@@ -42,34 +43,36 @@ def test_focal_dice_loss_known_values():
     assert focal_dice_loss(-confident, target).item() > expected
 
 
+def samples(folder, processor, annotations=None):
+    return iter_annotated(AnnotatedDataset(open_annotations(folder, annotations), processor))
+
+
 def test_gradients_depend_on_the_labels(sa1b_dir, processor, tmp_path):
-    paths = find_sa1b_images(sa1b_dir)
     model = make_tiny_model()
-    assert accumulate_label_taylor_gradients(model, processor, iter_sa1b(paths, processor), progress=False) == 3
+    assert accumulate_label_taylor_gradients(model, processor, samples(sa1b_dir, processor), progress=False) == 3
     scores = group_importance(embedding_group(model), "taylor")
     assert scores.shape == (48,) and (scores > 0).all()
     # Same images and prompts, complemented masks: different loss, different gradients.
-    samples = [dict(s, masks=~s["masks"]) for s in iter_sa1b(paths, processor)]
-    accumulate_label_taylor_gradients(model, processor, samples, progress=False)
+    complemented = [dict(s, masks=~s["masks"]) for s in samples(sa1b_dir, processor)]
+    accumulate_label_taylor_gradients(model, processor, complemented, progress=False)
     assert not torch.allclose(group_importance(embedding_group(model), "taylor"), scores)
     # Images without annotations are passed over, not counted.
-    empty = [dict(samples[0], masks=np.zeros((0, 96, 128), bool))]
+    empty = [dict(complemented[0], masks=np.zeros((0, 96, 128), bool))]
     assert accumulate_label_taylor_gradients(model, processor, empty, progress=False) == 0
 
 
 def test_prune_with_taylor_keeps_the_highest_mask_loss_scores(sa1b_dir, processor):
-    paths = find_sa1b_images(sa1b_dir)
     reference = make_tiny_model()
-    accumulate_label_taylor_gradients(reference, processor, iter_sa1b(paths, processor), progress=False)
+    accumulate_label_taylor_gradients(reference, processor, samples(sa1b_dir, processor), progress=False)
     scores = group_importance(embedding_group(reference), "taylor")
     keep = top_channels(scores, 24)
     model = make_tiny_model()
     original_norm = model.vision_encoder.layers[0].layer_norm1.weight.detach().clone()
-    record = prune(model, "embedding", 0.5, criterion="taylor", samples=iter_sa1b(paths, processor),
+    record = prune(model, "embedding", 0.5, criterion="taylor", samples=samples(sa1b_dir, processor),
                    processor=processor, progress=False)
     assert record["importance"] == "taylor" and record["images"] == 3
     torch.testing.assert_close(model.vision_encoder.layers[0].layer_norm1.weight, original_norm[keep])
-    with pytest.raises(ValueError, match="SA-1B samples"):
+    with pytest.raises(ValueError, match="annotated samples"):
         prune(make_tiny_model(), "embedding", 0.5, criterion="taylor")
 
 
