@@ -66,8 +66,8 @@ def _check(args) -> None:
         wrong = [option for option, value in (("--annotations", args.annotations), ("--prompt", args.prompt))
                  if value is not None]
         if wrong:
-            raise CliError(f"{' and '.join(wrong)} apply to mIoU on annotations; --agreement asks points and boxes "
-                           f"and needs no labels")
+            raise CliError(f"{' and '.join(wrong)}: only for mIoU on annotations; --agreement asks its own points "
+                           f"and boxes and needs no labels")
         if args.seed is None:
             try:
                 grid_side(args.points or 16)

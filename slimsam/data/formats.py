@@ -52,8 +52,8 @@ def detect_format(data: str | Path, annotations: str | Path | None = None) -> Fo
     found = {format.name: sum(map(format.annotates, images)) for format in FORMATS.values() if format.annotates}
     present = {name: count for name, count in found.items() if count}
     if len(present) > 1:
-        counts = ", ".join(f"{count} images in the {FORMATS[name].layout} layout" for name, count in present.items())
-        raise DatasetError(f"{data} mixes annotation formats ({counts}); keep one kind per folder")
+        counts = "; ".join(f"{count} images in {FORMATS[name].layout}" for name, count in present.items())
+        raise DatasetError(f"{data} mixes annotation formats ({counts}); keep one format per folder")
     if not present:
         stray = sorted(p.name for p in Path(data).glob("*.json"))
         hint = f" ({stray[0]} is not beside an image of the same name: if it is COCO, pass --annotations)" \
