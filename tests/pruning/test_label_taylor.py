@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_tiny_model
+from own_data import coco_from_sa1b
 from sa1b import make_sa1b_folder
 
 from slimsam import load_model, read_history
@@ -100,3 +101,21 @@ def test_cli_prune_taylor_needs_an_sa1b_folder(tiny_model_dir, photo_dir, tmp_pa
     err = capsys.readouterr().err.strip()
     assert err.startswith("slimsam: error: ") and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_prune_taylor_on_coco(tiny_model_dir, sa1b_dir, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sa1b_dir.glob("*.jpg"):
+        (images / path.name).write_bytes(path.read_bytes())
+    coco = coco_from_sa1b(sa1b_dir, tmp_path / "instances.json")
+    out = tmp_path / "pruned"
+    assert main(["prune", str(tiny_model_dir), "--target", "embedding", "--ratio", "0.5", "--importance", "taylor",
+                 "--images", str(images), "--annotations", str(coco), "--out", str(out), "--device", "cpu"]) == 0
+    assert "gradient pass: 3 images, 0 unreadable skipped" in capsys.readouterr().out
+    # The same annotations as SA-1B beside the images: the same gradients, so the same kept channels.
+    reference = tmp_path / "reference"
+    assert main(["prune", str(tiny_model_dir), "--target", "embedding", "--ratio", "0.5", "--importance", "taylor",
+                 "--images", str(sa1b_dir), "--out", str(reference), "--device", "cpu"]) == 0
+    for a, b in zip(load_model(str(out))[0].parameters(), load_model(str(reference))[0].parameters()):
+        assert torch.equal(a, b)
