@@ -110,7 +110,7 @@ def score_bars(comparison: Comparison, title: str | None = None) -> Figure:
     ax.set_ylim(0, 1.12)
     ax.legend(fontsize=8, loc="upper right", ncols=len(series))
     against = f"agreement with {comparison.teacher}" if comparison.metric == "agreement" else "mIoU"
-    ax.set_title(title or f"{against} ({comparison.prompts}, {len(comparison.images)} images)", fontsize=10)
+    ax.set_title(title or f"{against}\n{comparison.prompts}, {len(comparison.images)} images", fontsize=10)
     figure.tight_layout()
     return figure
 

@@ -16,7 +16,7 @@ from transformers import SamModel, SamProcessor
 
 from slimsam.data.images import list_images, open_rgb
 from slimsam.data.samples import sample_photos
-from slimsam.model.checkpoints import default_device, load_model
+from slimsam.model.checkpoints import default_device, load_model, save_model
 from slimsam.model.configs import tiny_config
 from slimsam.model.fast_attention import enable_fast_attention
 from slimsam.model.random_weights import random_model
@@ -127,6 +127,15 @@ def load(name: str, fast: bool, device: str = "cpu") -> tuple[SamModel, SamProce
         model, processor = stand_in(name)
         return model.to(device), processor
     return load_model(name, device=device)
+
+
+def model_source(name: str, fast: bool, work: Path) -> str:
+    """What `slimsam.load_model` and the `slimsam` commands accept as model `name`: in full mode the name itself
+    (Hub id, alias or folder); in fast mode the model `load` gives, saved into `work`/name (stand-ins have no name)."""
+    if not fast:
+        return name
+    model, processor = load(name, fast)
+    return str(save_model(model, processor, work / name))
 
 
 def parameter_breakdown(model: SamModel) -> dict[str, int]:

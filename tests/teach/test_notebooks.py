@@ -15,7 +15,7 @@ from nbclient import NotebookClient
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 SERIES = ["01_sam_anatomy", "02_importance", "03_step1_embedding_pruning", "04_step2_bottleneck_pruning",
-          "05_compare_and_export"]
+          "05_compare_and_export", "06_your_own_data"]
 
 
 def figures_per_section(notebook) -> dict[str, int]:
