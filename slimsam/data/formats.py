@@ -33,7 +33,7 @@ class Format:
     annotates: Callable[[Path], bool] | None  # per-image formats: whether an image has its annotations beside it
 
 
-FORMATS = {format.name: format for format in (
+FORMATS = {known.name: known for known in (
     Format("sa1b", sa1b.LAYOUT, lambda folder, _: sa1b.SA1B(folder), sa1b.annotates),
     Format("masks", mask_folder.LAYOUT, lambda folder, _: mask_folder.MaskFolder(folder), mask_folder.annotates),
     Format("coco", coco.LAYOUT, coco.Coco, None),
@@ -41,7 +41,7 @@ FORMATS = {format.name: format for format in (
 
 
 def layouts() -> str:
-    return "; ".join(format.layout for format in FORMATS.values())
+    return "; ".join(known.layout for known in FORMATS.values())
 
 
 def detect_format(data: str | Path, annotations: str | Path | None = None) -> Format:
@@ -49,7 +49,7 @@ def detect_format(data: str | Path, annotations: str | Path | None = None) -> Fo
     if annotations is not None:
         return FORMATS["coco"]
     images = list_images(data)
-    found = {format.name: sum(map(format.annotates, images)) for format in FORMATS.values() if format.annotates}
+    found = {known.name: sum(map(known.annotates, images)) for known in FORMATS.values() if known.annotates}
     present = {name: count for name, count in found.items() if count}
     if len(present) > 1:
         counts = "; ".join(f"{count} images in {FORMATS[name].layout}" for name, count in present.items())

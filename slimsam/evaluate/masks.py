@@ -17,9 +17,9 @@ def mask_logits(model: SamModel, processor: SamProcessor, sample: dict, image_em
                 prompt: str = "point", select: torch.Tensor | slice = slice(None)) -> torch.Tensor:
     """Single-mask logits of the selected annotations' prompts, at the original image size.
 
-    sample: an AnnotatedDataset item (slimsam.data.annotations); image_embeddings: (1, C, s, s) from the model's vision encoder;
-    select: which annotations (index tensor or slice). Returns (n, H, W) float logits; mask = logits > 0.
-    Differentiable (label-based Taylor backpropagates through it).
+    sample: an AnnotatedDataset item (slimsam.data.annotations); image_embeddings: (1, C, s, s) from the
+    model's vision encoder; select: which annotations (index tensor or slice). Returns (n, H, W) float
+    logits; mask = logits > 0. Differentiable (label-based Taylor backpropagates through it).
     """
     device, dtype = image_embeddings.device, image_embeddings.dtype
     if prompt == "point":

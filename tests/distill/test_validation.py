@@ -43,12 +43,12 @@ def folders(tmp_path_factory):
 def test_annotated_validation_images_in_every_format_give_miou(teacher, folders):
     model, processor = teacher
     values = {}
-    for name, annotations in (("sa1b", None), ("masks", None), ("coco", folders["instances"])):
+    for name, coco_file in (("sa1b", None), ("masks", None), ("coco", folders["instances"])):
         paths = list_images(folders[name])
-        validation = make_validation(paths, model, processor, annotations=annotations)
+        validation = make_validation(paths, model, processor, annotations=coco_file)
         assert (validation.metric, validation.higher_is_better) == ("miou", True)
         values[name] = validation.measure(model)
-        dataset = AnnotatedDataset(open_annotations(folders[name], annotations), processor, paths)
+        dataset = AnnotatedDataset(open_annotations(folders[name], coco_file), processor, paths)
         assert values[name] == evaluate(model, processor, dataset, progress=False).miou
     # COCO without points and the mask folder both prompt with interior points: the same mIoU.
     assert values["masks"] == values["coco"] and 0 < values["masks"] < 1

@@ -136,7 +136,8 @@ def test_own_masks_score_one_and_a_known_perturbation_its_value(models, sa1b_dir
         perturbed.append(masks)
         expected.append(np.mean(ious))
     folder = write_mask_folder(tmp_path / "perturbed", photos, perturbed)
-    assert scores(single, folder, "box").summaries()[0]["miou"] == pytest.approx(np.mean(expected), abs=1e-6)  # float32 IoUs
+    miou = scores(single, folder, "box").summaries()[0]["miou"]
+    assert miou == pytest.approx(np.mean(expected), abs=1e-6)  # IoUs are float32
     assert np.mean(expected) < 0.99
 
 
