@@ -77,6 +77,11 @@ def _check(args) -> None:
         raise CliError("--points and --seed choose the prompts of --agreement")
 
 
+def _teacher_label(args) -> str:
+    """The teacher's row in mIoU tables (in agreement tables, the reference row)."""
+    return f"{args.teacher} (teacher)"
+
+
 def _labels(names: list[str]) -> list[str]:
     """Table labels: the names as given, a repeated one numbered."""
     return [name if names[:i].count(name) == 0 else f"{name} ({names[:i].count(name) + 1})"
@@ -92,7 +97,7 @@ def _miou(args) -> tuple[Comparison, dict]:
     names = _labels(args.models)
     models = {label: load_model(name, device=args.device) for label, name in zip(names, args.models)}
     if args.teacher:
-        models[f"{args.teacher} (teacher)"] = load_model(args.teacher, device=args.device)
+        models[_teacher_label(args)] = load_model(args.teacher, device=args.device)
     processor = next(iter(models.values()))[1]
     dataset = AnnotatedDataset(source, processor, source.paths[:args.limit], min_area=args.min_area)
     comparison = compare_on_annotations(models, dataset, args.prompt or "point", args.worst)
@@ -118,16 +123,19 @@ def _left_out(comparison: Comparison) -> str:
     return ", ".join(f"{count} {reason}" for reason, count in sorted(comparison.left_out.items()))
 
 
-def _print(comparison: Comparison, args) -> None:
+def _print(comparison: Comparison, args, details: dict) -> None:
     first = comparison.summaries()[0]
     counted = "annotations" if comparison.metric == "miou" else "prompts"
+    unannotated = details.get("unannotated_images")
+    note = f", {unannotated} without annotations" if unannotated else ""
     print(f"data: {args.data}, {first['images']} images, {first[counted]} {counted}, {comparison.prompts}, "
-          f"{len(comparison.skipped)} unreadable skipped")
+          f"{len(comparison.skipped)} unreadable skipped{note}")
     for summary in comparison.summaries():
         name, value = summary["model"], summary[comparison.metric]
-        if comparison.metric == "miou":
-            label = "teacher mIoU" if name.endswith(" (teacher)") else "mIoU"
-            print(f"{label}: {value:.4f}  {name.removesuffix(' (teacher)')}")
+        if comparison.metric == "miou" and args.teacher and name == _teacher_label(args):
+            print(f"teacher mIoU: {value:.4f}  {args.teacher}")
+        elif comparison.metric == "miou":
+            print(f"mIoU: {value:.4f}  {name}")
         else:
             print(f"agreement: {value:.4f}  {name}  (mean IoU with {comparison.teacher}'s masks)")
     if comparison.left_out:
@@ -139,7 +147,7 @@ def _print(comparison: Comparison, args) -> None:
 def run(args) -> None:
     _check(args)
     comparison, details = _agreement(args) if args.agreement else _miou(args)
-    _print(comparison, args)
+    _print(comparison, args, details)
     from slimsam.evaluate import report  # matplotlib comes with it: loaded by this command only
     print("\n" + report.markdown_table(comparison))
     if args.out:

@@ -61,12 +61,14 @@ def test_many_models_on_coco_write_the_report(models, coco, tmp_path, capsys):
 def test_the_same_masks_as_a_folder_print_the_same_miou(models, coco, tmp_path, capsys):
     folder, file, masks = coco
     mask_folder = write_mask_folder(tmp_path / "masks", sorted(folder.glob("*.jpg")), masks)
+    shutil.copy(next(folder.glob("*.jpg")), mask_folder / "unlabelled.jpg")  # no masks: not scored, but counted
     outputs = []
     for data in (["--data", folder, "--annotations", file], ["--data", mask_folder]):
         code, out, _ = run(capsys, "eval", models[0], *data, "--prompt", "box", "--device", "cpu")
         assert code == 0
-        outputs.append(out.splitlines()[1])
-    assert outputs[0] == outputs[1] and outputs[0].startswith("mIoU: ")
+        outputs.append(out.splitlines())
+    assert outputs[0][1] == outputs[1][1] and outputs[0][1].startswith("mIoU: ")
+    assert outputs[1][0].endswith("0 unreadable skipped, 1 without annotations")
 
 
 def test_agreement_on_plain_photos(models, photo_dir, capsys):
