@@ -46,6 +46,15 @@ class Member:
             return [(m.weight, 1)]
         return [(getattr(m, kind.removeprefix("param:")), -1)]
 
+    def weights(self) -> list[tuple[torch.Tensor, int]]:
+        """The Conv/Linear weight among `tensors()`, as a (tensor, pruned dim) pair: biases, LayerNorms and plain
+        parameters (pos_embed, rel-pos) have none. The official SlimSAM code scores only these."""
+        if self.kind in ("linear_out", "conv_out"):
+            return [(self.module.weight, 0)]
+        if self.kind in ("linear_in", "conv_in"):
+            return [(self.module.weight, 1)]
+        return []
+
 
 @dataclass(frozen=True)
 class ChannelGroup:

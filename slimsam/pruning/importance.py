@@ -1,9 +1,15 @@
 """Channel importance: disturbed Taylor (SlimSAM's label-free criterion), magnitude, random.
 
-Taylor importance of a channel group is sum |w * dL/dw| over every weight the group owns.
-SlimSAM's twist is the loss L: labels are not needed, the target is the model's own image
-embedding plus a small Gaussian disturbance, which aligns the pruning criterion with the
-distillation objective that follows (match the teacher's embedding).
+Taylor importance of a channel group is sum |w * dL/dw| over the weights the group owns. SlimSAM's
+twist is the loss L: labels are not needed, the target is the model's own image embedding plus a small
+Gaussian disturbance, which aligns the pruning criterion with the distillation objective that follows
+(match the teacher's embedding).
+
+Which tensors score (`tensors`, one of SCORE_TENSORS): "weights" (default) sums over the Conv/Linear
+weights of the group only, as the official SlimSAM code does (its torch-pruning fork scores Conv/Linear
+members; biases, LayerNorms, pos_embed and rel-pos score nothing). "all" adds every other tensor the
+group owns (biases, LayerNorm scales and shifts, pos_embed, rel-pos columns). The official code averages
+a group's members where this sums them: a constant factor, which changes no ranking.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from transformers import SamModel
 from slimsam.pruning.groups import ChannelGroup, bottleneck_groups, embedding_group
 
 CRITERIA = ("disturbed-taylor", "taylor", "magnitude", "random")  # "taylor": labels, see slimsam.pruning.label_taylor
+SCORE_TENSORS = ("weights", "all")
 NOISE_STD = 0.01
 
 
@@ -82,17 +89,20 @@ def _per_index(tensor: torch.Tensor, dim: int) -> torch.Tensor:
     return tensor.detach().movedim(dim, 0).reshape(tensor.shape[dim], -1).sum(1)
 
 
-def group_importance(group: ChannelGroup, criterion: str, generator: torch.Generator | None = None) -> torch.Tensor:
+def group_importance(group: ChannelGroup, criterion: str, generator: torch.Generator | None = None,
+                     tensors: str = "weights") -> torch.Tensor:
     """Importance of each channel of `group`: shape (group.num_channels,), float32 on CPU.
 
     criterion: "taylor" (sum |w * grad|; needs gradients accumulated first), "magnitude"
-    (L2 norm of all the group's weights) or "random".
+    (L2 norm of the group's weights) or "random". tensors: which tensors score, one of SCORE_TENSORS.
     """
+    if tensors not in SCORE_TENSORS:
+        raise ValueError(f"score tensors must be one of {SCORE_TENSORS}, got {tensors!r}")
     if criterion == "random":
         return torch.rand(group.num_channels, generator=generator)
     score = torch.zeros(group.num_channels)
     for member in group.members:
-        for tensor, dim in member.tensors():
+        for tensor, dim in member.weights() if tensors == "weights" else member.tensors():
             if criterion == "taylor":
                 if tensor.grad is None:
                     raise RuntimeError(f"{group.name}: no gradients; accumulate them before Taylor scoring")
@@ -105,16 +115,20 @@ def group_importance(group: ChannelGroup, criterion: str, generator: torch.Gener
     return score.sqrt() if criterion == "magnitude" else score
 
 
-def embedding_scores(model: SamModel, criterion: str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(hidden_size,) importance of each hidden channel; criterion as in `group_importance`."""
-    return group_importance(embedding_group(model), criterion, generator)
+def embedding_scores(model: SamModel, criterion: str, generator: torch.Generator | None = None,
+                     tensors: str = "weights") -> torch.Tensor:
+    """(hidden_size,) importance of each hidden channel; criterion and tensors as in `group_importance`."""
+    return group_importance(embedding_group(model), criterion, generator, tensors)
 
 
-def bottleneck_scores(model: SamModel, criterion: str, generator: torch.Generator | None = None
-                      ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per block: (head_dim,) attention scores and (mlp_dim,) MLP scores."""
+def bottleneck_scores(model: SamModel, criterion: str, generator: torch.Generator | None = None,
+                      tensors: str = "weights") -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per block: (head_dim,) attention scores and (mlp_dim,) MLP scores; arguments as in `group_importance`.
+
+    A head-dim channel j scores over q, k and v rows j of every head and proj columns j of every head.
+    """
     attn_groups, mlp_groups = bottleneck_groups(model)
     # Every attention group before any MLP group: "random" draws from `generator` in this order.
-    attention = [group_importance(g, criterion, generator) for g in attn_groups]
-    mlp = [group_importance(g, criterion, generator) for g in mlp_groups]
+    attention = [group_importance(g, criterion, generator, tensors) for g in attn_groups]
+    mlp = [group_importance(g, criterion, generator, tensors) for g in mlp_groups]
     return attention, mlp

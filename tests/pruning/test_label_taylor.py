@@ -19,7 +19,7 @@ from slimsam.model.configs import processor_for, tiny_config
 from slimsam.pruning.groups import embedding_group
 from slimsam.pruning.importance import group_importance
 from slimsam.pruning.label_taylor import accumulate_label_taylor_gradients
-from slimsam.pruning.steps import prune, top_channels
+from slimsam.pruning.steps import prune, select_embedding_channels
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_prune_with_taylor_keeps_the_highest_mask_loss_scores(sa1b_dir, processo
     reference = make_tiny_model()
     accumulate_label_taylor_gradients(reference, processor, samples(sa1b_dir, processor), progress=False)
     scores = group_importance(embedding_group(reference), "taylor")
-    keep = top_channels(scores, 24)
+    keep = select_embedding_channels(scores, 0.5, heads=4)
     model = make_tiny_model()
     original_norm = model.vision_encoder.layers[0].layer_norm1.weight.detach().clone()
     record = prune(model, "embedding", 0.5, criterion="taylor", samples=samples(sa1b_dir, processor),

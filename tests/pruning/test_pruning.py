@@ -14,7 +14,7 @@ from slimsam.model.stats import count_parameters
 from slimsam.model.structure import read_dims
 from slimsam.pruning.groups import attention_group, embedding_group, mlp_group, prune_group
 from slimsam.pruning.importance import accumulate_disturbed_taylor_gradients, bottleneck_scores, embedding_scores
-from slimsam.pruning.steps import global_allocation, kept_count, prune, prune_bottlenecks, prune_embedding_dim
+from slimsam.pruning.steps import kept_count, prune, prune_bottlenecks, prune_embedding_dim
 
 
 def embed(model, pixels):
@@ -91,10 +91,15 @@ def test_ratio_zero_leaves_outputs_identical(tiny_model, random_pixels, target):
     torch.testing.assert_close(embed(tiny_model, pixels), before, rtol=0, atol=1e-6)
 
 
-def test_embedding_pruning_equals_original_with_removed_channels_zeroed(tiny_model, random_pixels):
-    keep = torch.randperm(48, generator=torch.Generator().manual_seed(1))[:24].sort().values
+@pytest.mark.parametrize("selection", ["head-blocks", "channels"])
+def test_embedding_pruning_equals_original_with_removed_channels_zeroed(tiny_model, random_pixels, selection):
+    if selection == "channels":  # any 24 of the 48 channels
+        keep = torch.randperm(48, generator=torch.Generator().manual_seed(1))[:24].sort().values
+    else:  # the same 6 offsets in each of the 4 head blocks of 12 channels
+        offsets = torch.randperm(12, generator=torch.Generator().manual_seed(1))[:6].sort().values
+        keep = torch.cat([offsets + 12 * h for h in range(4)])
     reference = zero_removed_hidden(tiny_model, keep)
-    returned = prune_embedding_dim(tiny_model, 0.5, scores_keeping(48, keep))
+    returned = prune_embedding_dim(tiny_model, 0.5, scores_keeping(48, keep), selection)
     assert torch.equal(returned, keep)
     assert read_dims(tiny_model).hidden_size == 24
     assert [layer.head_dim for layer in read_dims(tiny_model).layers] == [12] * 4  # bottlenecks untouched
@@ -109,14 +114,16 @@ def test_bottleneck_pruning_equals_original_with_removed_channels_zeroed(tiny_mo
     generator = torch.Generator().manual_seed(2)
     attn_scores = [torch.rand(12, generator=generator) * (i + 1) for i in range(4)]
     mlp_scores = [torch.rand(96, generator=generator) for _ in range(4)]
+    original = copy.deepcopy(tiny_model)
+    attn_keep, mlp_keep = prune_bottlenecks(tiny_model, 0.5, attn_scores, mlp_scores, scope=scope)
     if scope == "local":
-        attn_keep = [s.argsort(descending=True)[:6].sort().values for s in attn_scores]
-        mlp_keep = [s.argsort(descending=True)[:48].sort().values for s in mlp_scores]
+        assert [k.tolist() for k in attn_keep] == [s.argsort(descending=True)[:6].sort().values.tolist()
+                                                   for s in attn_scores]
+        assert [k.tolist() for k in mlp_keep] == [s.argsort(descending=True)[:48].sort().values.tolist()
+                                                  for s in mlp_scores]
     else:
-        attn_keep = global_allocation(attn_scores, 24, min_keep=1)
-        mlp_keep = global_allocation(mlp_scores, 192, min_keep=4)
-    reference = zero_removed_bottlenecks(tiny_model, attn_keep, mlp_keep)
-    prune_bottlenecks(tiny_model, 0.5, attn_scores, mlp_scores, scope=scope)
+        assert sum(map(len, attn_keep)) == 24 and len({len(k) for k in attn_keep}) > 1  # widths differ by block
+    reference = zero_removed_bottlenecks(original, attn_keep, mlp_keep)
     dims = read_dims(tiny_model)
     assert [layer.head_dim for layer in dims.layers] == [len(k) for k in attn_keep]
     assert [layer.mlp_dim for layer in dims.layers] == [len(k) for k in mlp_keep]
@@ -147,7 +154,9 @@ def make_channels_dead(model: SamModel, group, channels: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("criterion", ["magnitude", "disturbed-taylor"])
 def test_unimportant_channels_are_the_ones_removed(tiny_model, random_pixels, criterion):
-    dead_hidden = torch.tensor([3, 10, 17, 30, 41])
+    # Dead hidden channels: offsets 3 and 10 in each of the 4 head blocks of 12 channels (head-block selection
+    # removes whole offsets), and channel 17 (offset 5 of block 1 only).
+    dead_hidden = torch.tensor([3, 10, 15, 22, 27, 34, 39, 46, 17])
     make_channels_dead(tiny_model, embedding_group(tiny_model), dead_hidden)
     dead_units = torch.tensor([0, 5, 50])
     make_channels_dead(tiny_model, mlp_group(tiny_model, 2), dead_units)
@@ -158,10 +167,14 @@ def test_unimportant_channels_are_the_ones_removed(tiny_model, random_pixels, cr
     kind = "taylor" if criterion == "disturbed-taylor" else criterion
     hidden = embedding_scores(tiny_model, kind)
     attn, mlp = bottleneck_scores(tiny_model, kind)
-    # 5 dead of 48 hidden, pruning to 36 keeps none of them; same for the bottlenecks.
+    # 48 -> 36 hidden: free ranking removes the 9 dead channels and nothing else; head-block selection removes
+    # offsets 3, 10 and one more in every block.
+    kept_freely = prune_embedding_dim(copy.deepcopy(tiny_model), 0.25, hidden, selection="channels")
+    assert len(kept_freely) == 36 and not set(dead_hidden.tolist()) & set(kept_freely.tolist())
     kept = prune_embedding_dim(tiny_model, 0.25, hidden)
-    assert len(kept) == 36 and not set(dead_hidden.tolist()) & set(kept.tolist())
-    assert hidden[dead_hidden].max() < hidden[kept].min()
+    assert len(kept) == 36 and not set(dead_hidden[:8].tolist()) & set(kept.tolist())
+    assert [c % 12 for c in kept.tolist()] == [c % 12 for c in kept[:9].tolist()] * 4  # the same offsets per block
+    assert hidden[dead_hidden].max() < hidden[kept_freely].min()
     assert attn[1][dead_dims].max() < attn[1].sort(descending=True).values[5]
     assert mlp[2][dead_units].max() < mlp[2].sort(descending=True).values[47]
 
@@ -169,20 +182,15 @@ def test_unimportant_channels_are_the_ones_removed(tiny_model, random_pixels, cr
 def test_kept_counts_match_released_slimsam_dims():
     assert kept_count(768, 0.5, 12) == 384 and kept_count(3072, 0.5, 12) == 1536
     assert kept_count(768, 0.77, 12) == 168 and kept_count(3072, 0.77, 12) == 696
-    assert kept_count(768, 0.77, 12) // 12 == 14
+    assert kept_count(64, 0.77) == 14  # SlimSAM-77's head dim
     with pytest.raises(ValueError):
         kept_count(768, 1.0, 12)
 
 
-def test_global_allocation_normalises_each_layer():
-    """A layer whose raw scores are 1000x larger must not take every seat: ranking is on z-scores."""
-    generator = torch.Generator().manual_seed(0)
-    scores = [torch.rand(16, generator=generator) * 1000, torch.rand(16, generator=generator)]
-    kept = global_allocation(scores, 16, min_keep=2)
-    assert sum(len(k) for k in kept) == 16
-    assert 4 <= len(kept[1]) <= 12
-    # Within a layer the best channels are the ones kept.
-    assert set(kept[1].tolist()) == set(scores[1].argsort(descending=True)[:len(kept[1])].tolist())
+def test_a_group_that_would_keep_nothing_is_left_whole():
+    """The official code leaves such a group unpruned: floor(48 * 0.23) = 11 rounds down to 0 multiples of 12."""
+    assert kept_count(48, 0.77, 12) == 48 and kept_count(4, 0.77) == 4
+    assert kept_count(48, 0.75, 12) == 12
 
 
 def dependency_graph_prune(model: SamModel, module, prune_fn, removed: list[int]) -> None:
