@@ -9,7 +9,8 @@ backward, Adam steps. Step 1's student is SAM-B with its embedding dim pruned (t
 that model with its bottlenecks pruned too (the SlimSAM-77 shape); random weights, random images (timing
 does not depend on values).
 - naive: one image per step, fp32, transformers' stock attention;
-- tuned: `--batch` images per step, bf16 autocast on GPU (fp32 on CPU), slimsam.model.fast_attention.
+- tuned: `--batch` images per step, bf16 autocast on GPU (`--precision bf16`; fp32 on CPU),
+  slimsam.model.fast_attention.
 """
 from __future__ import annotations
 
@@ -38,8 +39,9 @@ def make_models(size: str, ratio: float, device: str) -> dict[str, torch.nn.Modu
 
 def train_step(step: int, models: dict, student, optimizer, pixels: torch.Tensor, bf16: bool) -> None:
     """One optimizer step of distillation step 1 or 2, as slimsam.distill.train takes it (alpha = 0.5: every loss term on)."""
-    loss, _ = phase_loss(TrainConfig(stage=step), 0.5, student.vision_encoder, models["teacher"],
-                         models["step1"] if step == 2 else None, pixels, pixels.device, autocast=bf16)
+    config = TrainConfig(stage=step, precision="bf16" if bf16 else "fp32")
+    loss, _ = phase_loss(config, 0.5, student.vision_encoder, models["teacher"],
+                         models["step1"] if step == 2 else None, pixels, pixels.device)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

@@ -8,10 +8,12 @@ import argparse
 
 import torch
 
-from slimsam.cli.args import add_device, positive_int
+from slimsam.cli.args import add_device, non_negative_int, positive_int
 from slimsam.cli.errors import CliError
 from slimsam.distill.distributed import init_distributed
-from slimsam.distill.train import SettingsError, TrainConfig, distill, train_and_val_paths
+from slimsam.distill.features import PRECISIONS
+from slimsam.distill.losses import ALPHA_EPOCHS, STEP2_FEATURES
+from slimsam.distill.train import LR_PATIENCE, SettingsError, TrainConfig, distill, train_and_val_paths
 from slimsam.distill.validation import validation_annotations
 from slimsam.model.checkpoints import load_model, read_history
 
@@ -34,6 +36,13 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
                         help="images per optimizer step, all processes together (default %(default)s)")
     parser.add_argument("--micro-batch", type=positive_int, default=defaults.micro_batch,
                         help="images per forward pass per process")
+    parser.add_argument("--step2-features", choices=tuple(STEP2_FEATURES), default=defaults.step2_features,
+                        help="stage 2: what is aligned with the step-1 model besides the embedding: the patch "
+                             "embedding and every block's stream after attention and after the MLP (official, "
+                             "the official code; default), or the block outputs only (block-outputs, the paper's "
+                             "text)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
+                        help="fp32 (the official code; default) or bf16 autocast on GPU (faster; CPU stays fp32)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--num-workers", type=int, help="data loading processes (default: 2 on GPU; 0 on CPU, "
                                                          "where they would take cores from the training itself)")
@@ -56,6 +65,12 @@ def add_parser(subparsers) -> None:
                              "2, embedding aligning after bottleneck pruning")
     parser.add_argument("--step1-model", help="stage 2: the model that was bottleneck-pruned into STUDENT "
                                               "(default: the source recorded in STUDENT's history)")
+    parser.add_argument("--alpha-epochs", type=non_negative_int, help=f"N of the loss weight a: stage 1 keeps a = 0.5 for N epochs, "
+                        f"stage 2 decays it as (N-n-1)/N (default {ALPHA_EPOCHS[1]} in stage 1, {ALPHA_EPOCHS[2]} in "
+                        f"stage 2, the official code; the paper's text has 10)")
+    parser.add_argument("--lr-patience", type=non_negative_int, help="epochs without a better validation metric before the lr "
+                        f"is halved (default {LR_PATIENCE[1]} in stage 1, {LR_PATIENCE[2]} in stage 2, the official "
+                        f"code)")
     add_training_args(parser)
     parser.add_argument("--out", required=True, help="run folder: checkpoint, metrics, curves, and model/ at the end")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -87,8 +102,10 @@ def _run(args) -> None:
     teacher, _ = load_model(args.teacher)
     step1_model = load_model(_step1_source(args))[0] if args.stage == 2 else None
     config = TrainConfig(stage=args.stage, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                         micro_batch=args.micro_batch, seed=args.seed, checkpoint_every=args.checkpoint_every,
-                         num_workers=num_workers(args, device), device=str(device))
+                         micro_batch=args.micro_batch, lr_patience=args.lr_patience, alpha_epochs=args.alpha_epochs,
+                         step2_features=args.step2_features, precision=args.precision, seed=args.seed,
+                         checkpoint_every=args.checkpoint_every, num_workers=num_workers(args, device),
+                         device=str(device))
     model_dir = distill(student, processor, teacher, train_paths, val_paths, args.out, config,
                         step1_model=step1_model, resume=args.resume, history=read_history(args.student),
                         val_annotations=args.val_annotations)

@@ -10,8 +10,20 @@ from slimsam.data.formats import open_annotations
 from slimsam.data.images import iter_pixel_values, list_images
 from slimsam.model.checkpoints import load_model, read_history, resolve, save_model
 from slimsam.model.stats import count_parameters, encoder_macs
-from slimsam.pruning.importance import CRITERIA
-from slimsam.pruning.steps import SCOPES, TARGETS, prune
+from slimsam.pruning.importance import CRITERIA, SCORE_TENSORS
+from slimsam.pruning.steps import EMBEDDING_SELECTIONS, SCOPES, TARGETS, prune
+
+
+def add_pruning_recipe_args(parser) -> None:
+    """The pruning recipe options shared by `prune` and `slim` (defaults: the official code's decisions)."""
+    parser.add_argument("--embedding-selection", choices=EMBEDDING_SELECTIONS, default="head-blocks",
+                        help="step 1: keep the same offsets in every head block of hidden/heads channels, ranked by "
+                             "their block-summed scores (head-blocks, the official code; default), or rank every "
+                             "hidden channel freely (channels)")
+    parser.add_argument("--score-tensors", choices=SCORE_TENSORS, default="weights",
+                        help="tensors whose |w * grad| (or magnitude) scores a channel: the Conv/Linear weights "
+                             "(weights, the official code; default) or also biases, LayerNorms, pos_embed and "
+                             "rel-pos (all)")
 
 
 def add_parser(subparsers) -> None:
@@ -26,6 +38,7 @@ def add_parser(subparsers) -> None:
                         "taylor needs annotated images: SA-1B, mask folders, or COCO with --annotations)")
     parser.add_argument("--annotations", metavar="FILE", help="taylor: COCO instances JSON for the --images folder")
     parser.add_argument("--grad-size", type=positive_int, default=1000, help="images in the gradient pass")
+    add_pruning_recipe_args(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="output folder (slimsam format)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -56,7 +69,8 @@ def run(args) -> None:
     pixels = iter_pixel_values(paths, processor, skipped=skipped) if paths and not labelled else None
     samples = iter_annotated(AnnotatedDataset(source, processor, paths), skipped) if labelled else None
     record = prune(model, args.target, args.ratio, args.scope, args.importance, pixels,
-                   num_images=len(paths) if paths else None, seed=args.seed, samples=samples, processor=processor)
+                   num_images=len(paths) if paths else None, seed=args.seed, samples=samples, processor=processor,
+                   embedding_selection=args.embedding_selection, score_tensors=args.score_tensors)
     record["source"] = resolve(args.model)
     save_model(model.cpu(), processor, args.out, read_history(resolve(args.model)) + [record], overwrite=args.overwrite)
     print(f"before: {before}")

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slimsam.cli.args import positive_int, ratio
+from slimsam.cli.args import non_negative_int, positive_int, ratio
 from slimsam.cli.distill import add_training_args, num_workers
 from slimsam.cli.errors import CliError
+from slimsam.cli.prune import add_pruning_recipe_args
 from slimsam.distill.distributed import init_distributed, is_main
 from slimsam.distill.slim import EMBEDDING_ALIGNING, FINAL, SlimSettings, slim
 from slimsam.distill.train import SettingsError
@@ -22,7 +23,16 @@ def add_parser(subparsers) -> None:
                         help="fraction of channels removed in each pruning step, e.g. 0.5 or 0.77")
     parser.add_argument("--grad-size", type=positive_int, default=1000,
                         help="images in each disturbed-Taylor gradient pass (default 1000)")
+    add_pruning_recipe_args(parser)
     add_training_args(parser)
+    defaults = SlimSettings(model="", ratio=0.5, train="", val=None, epochs=1)
+    parser.add_argument("--alpha-epochs", type=non_negative_int, nargs=2, metavar=("STAGE1", "STAGE2"),
+                        default=defaults.alpha_epochs, help="N of the loss weight a in each stage: stage 1 keeps a = "
+                        "0.5 for N epochs, stage 2 decays it as (N-n-1)/N (default %d %d, the official code; the "
+                        "paper's text has 10 for stage 2)" % defaults.alpha_epochs)
+    parser.add_argument("--lr-patience", type=non_negative_int, nargs=2, metavar=("STAGE1", "STAGE2"),
+                        default=defaults.lr_patience, help="epochs without a better validation metric before the "
+                        "lr is halved, in each stage (default %d %d, the official code)" % defaults.lr_patience)
     parser.add_argument("--out", required=True, help="output folder; rerun with the same one to resume")
     parser.set_defaults(run=run)
 
@@ -34,7 +44,10 @@ def run(args) -> None:
                             val=str(Path(args.val).resolve()) if args.val else None, epochs=args.epochs,
                             val_size=args.val_size, grad_size=args.grad_size, seed=args.seed, lr=args.lr,
                             batch_size=args.batch_size, micro_batch=args.micro_batch,
-                            val_annotations=str(Path(args.val_annotations).resolve()) if args.val_annotations else None)
+                            val_annotations=str(Path(args.val_annotations).resolve()) if args.val_annotations else None,
+                            embedding_selection=args.embedding_selection, score_tensors=args.score_tensors,
+                            alpha_epochs=tuple(args.alpha_epochs), lr_patience=tuple(args.lr_patience),
+                            step2_features=args.step2_features, precision=args.precision)
     device = init_distributed(args.device)
     try:
         record = slim(settings, args.out, device, num_workers(args, device), args.checkpoint_every)

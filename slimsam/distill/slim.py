@@ -8,8 +8,8 @@ so rerunning the same command after an interruption goes on where it stopped):
     3_bottleneck_pruned/    disturbed-Taylor gradients on the step-1 model, then bottleneck pruning
     4_embedding_aligning/   step-2 distillation run; its model/ is the slim model
     final/                  the slim model as a plain Hugging Face SamModel folder
-    slim.json               the settings (a rerun with other settings is refused) and the embedding MSE
-                            to the teacher on the validation images after every phase
+    slim.json               the settings, recipe options included (a rerun with other settings is refused),
+                            and the embedding MSE to the teacher on the validation images after every phase
 
 Every folder appears whole or not at all (written beside its place, then renamed), and the distillation
 runs resume from their last checkpoint, so a kill at any moment loses at most the work since then.
@@ -28,7 +28,8 @@ from transformers import SamModel
 from slimsam.data.files import remove_stale_temporaries, write_json_atomically
 from slimsam.data.images import iter_pixel_values
 from slimsam.distill.distributed import barrier, broadcast_from_main, is_main
-from slimsam.distill.train import SettingsError, TrainConfig, distill, train_and_val_paths
+from slimsam.distill.losses import ALPHA_EPOCHS
+from slimsam.distill.train import LR_PATIENCE, SettingsError, TrainConfig, distill, train_and_val_paths
 from slimsam.distill.validation import TeacherEmbeddings, validation_annotations
 from slimsam.model.checkpoints import export_model, load_model, read_history, resolve, save_model
 from slimsam.pruning.steps import prune
@@ -46,7 +47,11 @@ PHASES = (EMBEDDING_PRUNED, BOTTLENECK_ALIGNING, BOTTLENECK_PRUNED, EMBEDDING_AL
 
 @dataclass(frozen=True)
 class SlimSettings:
-    """Everything that decides the result of `slim` (a rerun must give the same values)."""
+    """Everything that decides the result of `slim` (a rerun must give the same values).
+
+    The recipe options default to what the official SlimSAM code does (README, "Fidelity to the paper and the
+    official code"); alpha_epochs and lr_patience hold one value per stage.
+    """
 
     model: str  # the teacher: alias, Hub id or folder
     ratio: float  # fraction of channels removed in each of the two pruning steps
@@ -55,16 +60,28 @@ class SlimSettings:
     epochs: int  # per distillation phase
     val_size: int = 50
     grad_size: int = 1000  # images in each disturbed-Taylor gradient pass (the first ones of the training set)
-    seed: int = TrainConfig.seed  # the training hyperparameters' defaults are TrainConfig's (the paper's)
+    seed: int = TrainConfig.seed  # the training hyperparameters' defaults are TrainConfig's (the official code's)
     lr: float = TrainConfig.lr
     batch_size: int = TrainConfig.batch_size
     micro_batch: int = TrainConfig.micro_batch
     val_annotations: str | None = None  # a COCO file annotating the validation images (mIoU validation)
+    embedding_selection: str = "head-blocks"  # step 1 (slimsam.pruning.steps.EMBEDDING_SELECTIONS)
+    score_tensors: str = "weights"  # both pruning steps (slimsam.pruning.importance.SCORE_TENSORS)
+    alpha_epochs: tuple[int, int] = (ALPHA_EPOCHS[1], ALPHA_EPOCHS[2])  # N of the weight `a`, stage 1 and 2
+    lr_patience: tuple[int, int] = (LR_PATIENCE[1], LR_PATIENCE[2])  # ReduceLROnPlateau patience, stage 1 and 2
+    step2_features: str = TrainConfig.step2_features
+    precision: str = TrainConfig.precision
 
     def train_config(self, stage: int, device: torch.device, num_workers: int, checkpoint_every: int) -> TrainConfig:
         return TrainConfig(stage=stage, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-                           micro_batch=self.micro_batch, seed=self.seed, checkpoint_every=checkpoint_every,
+                           micro_batch=self.micro_batch, lr_patience=self.lr_patience[stage - 1],
+                           alpha_epochs=self.alpha_epochs[stage - 1], step2_features=self.step2_features,
+                           precision=self.precision, seed=self.seed, checkpoint_every=checkpoint_every,
                            num_workers=num_workers, device=str(device))
+
+    def record(self) -> dict:
+        """The settings as slim.json holds them (JSON types: pairs are lists)."""
+        return json.loads(json.dumps(asdict(self)))
 
 
 def _read_record(out: Path) -> dict:
@@ -89,7 +106,7 @@ def _start_or_check(out: Path, settings: SlimSettings) -> dict:
 
 
 def _start_or_check_here(out: Path, settings: SlimSettings) -> dict:
-    wanted = asdict(settings)
+    wanted = settings.record()
     if (out / SETTINGS_FILE).exists():
         saved = _read_record(out)["settings"]
         changed = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
@@ -115,7 +132,8 @@ def _prune_phase(source: Path | str, target: str, settings: SlimSettings, grad_p
         skipped: list[Path] = []
         record = prune(model, target, settings.ratio, "local", "disturbed-taylor",
                        iter_pixel_values(grad_paths, processor, skipped=skipped), num_images=len(grad_paths),
-                       seed=settings.seed)
+                       seed=settings.seed, embedding_selection=settings.embedding_selection,
+                       score_tensors=settings.score_tensors)
         record["source"] = resolve(str(source))
         log.info("%s pruning: %d gradient images, %d unreadable skipped", target, record["images"], len(skipped))
         save_model(model.cpu(), processor, folder, read_history(resolve(str(source))) + [record])
@@ -144,7 +162,7 @@ def slim(settings: SlimSettings, out: str | Path, device: torch.device, num_work
     torch.manual_seed(settings.seed)
     grad_paths = train_paths[:settings.grad_size]
 
-    targets = TeacherEmbeddings(teacher, val_paths, processor, settings.micro_batch, num_workers)
+    targets = TeacherEmbeddings(teacher, val_paths, processor, settings.micro_batch, num_workers, settings.precision)
 
     def measure(phase: str, model_folder: Path) -> None:
         """Record the embedding MSE to the teacher of a phase's result, once (rank 0)."""

@@ -8,6 +8,8 @@ A run folder holds:
     checkpoint.pt   everything needed to continue (weights, optimizer, scheduler, RNG, epoch, batch,
                     best weights, metric rows), replaced atomically every `checkpoint_every` optimizer
                     steps and at each epoch end, so a kill at any moment leaves the previous one intact;
+    train_config.json  the settings that decide the result (`TrainConfig.result_settings`, the recipe options
+                    among them), written when the run starts;
     metrics.jsonl   one row per `log_every` optimizer steps ("train") and per epoch ("val");
     curves.png      training loss and validation metric;
     model/          the best student (slimsam format), written once the last epoch is done.
@@ -36,13 +38,14 @@ from tqdm.auto import tqdm
 from transformers import SamModel, SamProcessor
 
 from slimsam.data.datasets import ImageDataset, collate_pixels, train_val_split
-from slimsam.data.files import remove_stale_temporaries, replace_file_atomically
+from slimsam.data.files import remove_stale_temporaries, replace_file_atomically, write_json_atomically
 from slimsam.data.images import list_images
 from slimsam.distill.distributed import barrier, broadcast_from_main, is_main, rank, world_size
-from slimsam.distill.features import autocast_for, encode
+from slimsam.distill.features import PRECISIONS, autocast_for, encode
 from slimsam.distill.losses import (
     ALPHA_EPOCHS,
     BOTTLENECK_ALPHA,
+    STEP2_FEATURES,
     alpha_schedule,
     bottleneck_aligning_loss,
     embedding_aligning_loss,
@@ -53,6 +56,7 @@ from slimsam.model.checkpoints import save_model
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
+CONFIG_FILE = "train_config.json"
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 MODEL_FOLDER = "model"
@@ -61,10 +65,14 @@ MODEL_FOLDER = "model"
 class SettingsError(ValueError):
     """Settings that cannot work: an output folder started with other settings, a batch that does not split."""
 
+# ReduceLROnPlateau patience per stage, as the official prune_distill_step1.py (3) and step2.py (4) set it.
+LR_PATIENCE = {1: 3, 2: 4}
+
 
 @dataclass
 class TrainConfig:
-    """Hyperparameters of one distillation phase; the defaults are the paper's (SlimSAM-50 uses 20 epochs)."""
+    """Hyperparameters of one distillation phase; the defaults are the official code's (the paper's SlimSAM-50
+    uses 20 epochs per phase). None means the stage's default."""
 
     stage: int  # 1: bottleneck aligning (after embedding pruning); 2: embedding aligning (after bottleneck pruning)
     epochs: int = 20
@@ -72,9 +80,11 @@ class TrainConfig:
     batch_size: int = 4  # images per optimizer step, all processes together (the paper: 1 x 4 accumulation)
     micro_batch: int = 1  # images per forward pass in each process
     lr_factor: float = 0.5  # ReduceLROnPlateau: lr *= lr_factor ...
-    lr_patience: int = 4  # ... after this many epochs without a better validation metric
-    alpha_epochs: int = ALPHA_EPOCHS
+    lr_patience: int | None = None  # ... after this many epochs without a better validation metric (LR_PATIENCE)
+    alpha_epochs: int | None = None  # N of the weight `a` (losses.ALPHA_EPOCHS: 10 in stage 1, 11 in stage 2)
     bottleneck_alpha: float = BOTTLENECK_ALPHA
+    step2_features: str = "official"  # stage 2: the features aligned with the step-1 model (losses.STEP2_FEATURES)
+    precision: str = "fp32"  # "bf16": bf16 autocast on GPU (features.PRECISIONS)
     seed: int = 0  # data order
     checkpoint_every: int = 250  # optimizer steps between mid-epoch checkpoints (0: at epoch ends only)
     log_every: int = 10  # optimizer steps between "train" metric rows
@@ -83,6 +93,18 @@ class TrainConfig:
 
     # Settings that do not change the result; a run may resume with other values.
     RESUMABLE_CHANGES = ("checkpoint_every", "log_every", "num_workers", "device")
+
+    def __post_init__(self) -> None:
+        if self.stage not in (1, 2):
+            raise ValueError(f"distillation stage must be 1 or 2, got {self.stage}")
+        if self.step2_features not in STEP2_FEATURES:
+            raise ValueError(f"step-2 features must be one of {tuple(STEP2_FEATURES)}, got {self.step2_features!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.lr_patience is None:
+            self.lr_patience = LR_PATIENCE[self.stage]
+        if self.alpha_epochs is None:
+            self.alpha_epochs = ALPHA_EPOCHS[self.stage]
 
     def result_settings(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in self.RESUMABLE_CHANGES}
@@ -157,24 +179,19 @@ def _restore_rng_states(states: dict) -> None:
 
 
 def phase_loss(config: TrainConfig, alpha: float, student_encoder, teacher: SamModel, step1_model: SamModel | None,
-               pixels: torch.Tensor, device: torch.device, autocast: bool = True
-               ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The phase's loss on one micro-batch of (B, 3, S, S) pixels; teachers run without gradients.
-
-    autocast: bf16 on GPU as training does (False: full precision, for the naive baseline of
-    benchmarks/distill_throughput.py).
-    """
-    student_capture = ("qkv", "mlp") if config.stage == 1 else ("blocks",)
-    with autocast_for(device) if autocast else nullcontext():
+               pixels: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+    """The phase's loss on one micro-batch of (B, 3, S, S) pixels; teachers run without gradients."""
+    capture = ("qkv", "mlp") if config.stage == 1 else (STEP2_FEATURES[config.step2_features],)
+    with autocast_for(device, config.precision):
         with torch.no_grad():
             teacher_features = encode(teacher.vision_encoder, pixels,
-                                      student_capture if config.stage == 1 and alpha > 0 else ())
-            step1_features = encode(step1_model.vision_encoder, pixels, ("blocks",)) \
+                                      capture if config.stage == 1 and alpha > 0 else ())
+            step1_features = encode(step1_model.vision_encoder, pixels, capture) \
                 if config.stage == 2 and alpha > 0 else None
-        student_features = encode(student_encoder, pixels, student_capture if alpha > 0 else ())
+        student_features = encode(student_encoder, pixels, capture if alpha > 0 else ())
     if config.stage == 1:
         return bottleneck_aligning_loss(student_features, teacher_features, alpha)
-    return embedding_aligning_loss(student_features, teacher_features, step1_features, alpha)
+    return embedding_aligning_loss(student_features, teacher_features, step1_features, alpha, config.step2_features)
 
 
 def _image_lists(train_paths: list[Path], val_paths: list[Path]) -> dict[str, dict]:
@@ -300,7 +317,7 @@ def _start_run(student: SamModel, processor: SamProcessor, teacher: SamModel, st
     encoder = student.to(device).vision_encoder.train()
     optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr)
     validation = make_validation(val_paths, teacher, processor, config.micro_batch, config.num_workers,
-                                 val_annotations)
+                                 val_annotations, config.precision)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max" if validation.higher_is_better else "min", factor=config.lr_factor,
         patience=config.lr_patience)
@@ -317,7 +334,8 @@ def _start_run(student: SamModel, processor: SamProcessor, teacher: SamModel, st
             log.info("resuming %s at epoch %d, batch %d", run_dir, run.progress.epoch + 1, run.progress.batch)
     if is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(run_dir, [CHECKPOINT_FILE, METRICS_FILE, CURVES_FILE, MODEL_FOLDER])
+        remove_stale_temporaries(run_dir, [CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE, CURVES_FILE, MODEL_FOLDER])
+        write_json_atomically(run_dir / CONFIG_FILE, config.result_settings())
     return run
 
 
@@ -391,8 +409,9 @@ def _end_epoch(run: Run, images: int, seconds: float) -> None:
     epoch = progress.epoch
     value = broadcast_from_main(validation.measure(run.student) if is_main() else None)
     run.scheduler.step(value)
+    # ">=", as the official code: of equal epochs the later one is kept.
     improved = progress.best_value is None or \
-        (value > progress.best_value if validation.higher_is_better else value < progress.best_value)
+        (value >= progress.best_value if validation.higher_is_better else value <= progress.best_value)
     if improved:
         progress.best_value = value
         run.best_encoder = {k: v.detach().clone() for k, v in run.encoder.state_dict().items()}
@@ -431,7 +450,8 @@ def _finish(run: Run, train_images: int, history: list[dict] | None) -> Path:
     if is_main():
         config = run.config
         record = {"step": "distill", "stage": config.stage, "epochs": config.epochs, "metric": run.validation.metric,
-                  "best": run.progress.best_value, "images": train_images, "seed": config.seed}
+                  "best": run.progress.best_value, "images": train_images, "seed": config.seed,
+                  "settings": config.result_settings()}
         save_model(run.student.cpu(), run.processor, model_dir, list(history or []) + [record])
         run.student.to(run.device)
     barrier()

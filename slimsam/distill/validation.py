@@ -32,9 +32,9 @@ class TeacherEmbeddings:
     """
 
     def __init__(self, teacher: SamModel, paths: list[Path], processor: SamProcessor, batch_size: int = 1,
-                 num_workers: int = 0) -> None:
+                 num_workers: int = 0, precision: str = "fp32") -> None:
         self.teacher, self.paths, self.processor = teacher, list(paths), processor
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.batch_size, self.num_workers, self.precision = batch_size, num_workers, precision
         self._batches: list[torch.Tensor] | None = None  # (B, C, h, w) float32 per readable batch, on the CPU
 
     def _pixel_batches(self, device: torch.device) -> Iterator[torch.Tensor]:
@@ -42,9 +42,8 @@ class TeacherEmbeddings:
                             collate_fn=collate_pixels, num_workers=self.num_workers)
         return (pixels.to(device) for pixels, _ in loader if pixels is not None)
 
-    @staticmethod
-    def _embed(model: SamModel, pixels: torch.Tensor) -> torch.Tensor:
-        with autocast_for(pixels.device):
+    def _embed(self, model: SamModel, pixels: torch.Tensor) -> torch.Tensor:
+        with autocast_for(pixels.device, self.precision):
             return model.vision_encoder(pixels).last_hidden_state.float()
 
     @torch.no_grad()
@@ -103,14 +102,16 @@ def validation_annotations(val_paths: list[Path], annotations: str | Path | None
 
 
 def make_validation(val_paths: list[Path], teacher: SamModel, processor: SamProcessor, batch_size: int = 1,
-                    num_workers: int = 0, annotations: str | Path | None = None) -> Validation:
-    """mIoU with point prompts when every validation image is annotated (validation_annotations), else embedding MSE."""
+                    num_workers: int = 0, annotations: str | Path | None = None, precision: str = "fp32"
+                    ) -> Validation:
+    """mIoU with point prompts when every validation image is annotated (validation_annotations), else embedding MSE
+    (computed with features.autocast_for(device, precision); mIoU always in full precision)."""
     source = validation_annotations(val_paths, annotations)
     if source is None:
         if is_main():
             log.info("validation: %d images without annotations, so the best checkpoint and the lr schedule "
                      "follow the embedding MSE to the teacher (lower is better) instead of mIoU", len(val_paths))
-        targets = TeacherEmbeddings(teacher, val_paths, processor, batch_size, num_workers)
+        targets = TeacherEmbeddings(teacher, val_paths, processor, batch_size, num_workers, precision)
         return Validation("embedding_mse", False, targets.mse)
     dataset = AnnotatedDataset(source, processor, val_paths)
     return Validation("miou", True, lambda student: _miou(student, processor, dataset))

@@ -4,9 +4,13 @@ from __future__ import annotations
 import shutil
 
 import pytest
+import torch
 from transformers import SamModel
 
 from slimsam.cli.main import main
+from slimsam.model.checkpoints import load_model, read_history
+from slimsam.pruning.importance import embedding_scores
+from slimsam.pruning.steps import select_embedding_channels
 
 
 def run(capsys, *argv):
@@ -27,6 +31,21 @@ def test_prune_both_steps_then_export_loads_in_vanilla_transformers(tiny_model_d
     assert run(capsys, "export", tmp_path / "s2", "--out", tmp_path / "hf")[0] == 0
     vanilla = SamModel.from_pretrained(tmp_path / "hf")
     assert vanilla.config.vision_config.hidden_size == 24
+
+
+@pytest.mark.parametrize("selection,tensors", [("head-blocks", "weights"), ("channels", "all")])
+def test_prune_applies_and_records_its_recipe_options(tiny_model_dir, tmp_path, capsys, selection, tensors):
+    original, _ = load_model(str(tiny_model_dir))
+    expected = select_embedding_channels(embedding_scores(original, "magnitude", tensors=tensors), 0.5, heads=4,
+                                         selection=selection)
+    options = [] if selection == "head-blocks" else ["--embedding-selection", selection, "--score-tensors", tensors]
+    assert run(capsys, "prune", tiny_model_dir, "--target", "embedding", "--ratio", 0.5, "--importance", "magnitude",
+               *options, "--out", tmp_path / "s1")[0] == 0
+    record = read_history(tmp_path / "s1")[-1]
+    assert (record["embedding_selection"], record["score_tensors"]) == (selection, tensors)
+    pruned, _ = load_model(str(tmp_path / "s1"))
+    norm = original.vision_encoder.layers[2].layer_norm1.weight
+    assert torch.equal(pruned.vision_encoder.layers[2].layer_norm1.weight, norm[expected])
 
 
 def test_ratio_outside_unit_interval_exits_2(tiny_model_dir, tmp_path, capsys):

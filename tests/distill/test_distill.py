@@ -16,9 +16,10 @@ from sa1b import make_sa1b_folder
 import slimsam.distill.train
 from slimsam.data.images import iter_pixel_values, list_images
 from slimsam.distill.features import encode
-from slimsam.distill.losses import alpha_schedule, bottleneck_aligning_loss, embedding_aligning_loss
+from slimsam.distill.losses import STEP2_FEATURES, alpha_schedule, bottleneck_aligning_loss, embedding_aligning_loss
 from slimsam.distill.train import (
     CHECKPOINT_FILE,
+    CONFIG_FILE,
     CURVES_FILE,
     METRICS_FILE,
     MODEL_FOLDER,
@@ -26,8 +27,8 @@ from slimsam.distill.train import (
     TrainConfig,
     distill,
 )
-from slimsam.distill.validation import embedding_mse
-from slimsam.model.checkpoints import load_model, save_model
+from slimsam.distill.validation import Validation, embedding_mse
+from slimsam.model.checkpoints import load_model, read_history, save_model
 from slimsam.model.configs import processor_for
 from slimsam.pruning.steps import prune
 
@@ -93,13 +94,26 @@ def test_hooks_are_removed_after_the_forward(tiny_model, pixels):
 
 # ---- losses --------------------------------------------------------------------------------------------
 
-def test_alpha_schedules_follow_the_paper():
+def test_alpha_schedules_follow_the_official_code():
     assert [alpha_schedule(1, n) for n in range(12)] == [0.5] * 10 + [0.0, 0.0]
-    step2 = [alpha_schedule(2, n) for n in range(12)]
-    assert step2[0] == pytest.approx(0.9) and step2[8] == pytest.approx(0.1) and step2[9:] == [0.0, 0.0, 0.0]
-    assert all(a > b for a, b in zip(step2[:9], step2[1:10]))
+    # Stage 2: a = (N - n - 1) / N with N = 11: 10/11 in epoch 0, 1/11 in epoch 9, 0 from epoch 10.
+    step2 = [alpha_schedule(2, n) for n in range(13)]
+    assert step2[0] == pytest.approx(10 / 11) and step2[9] == pytest.approx(1 / 11) and step2[10:] == [0.0] * 3
+    assert all(a > b for a, b in zip(step2[:10], step2[1:11]))
+    # The paper's text: N = 10.
+    assert alpha_schedule(2, 0, alpha_epochs=10) == pytest.approx(0.9) and alpha_schedule(2, 9, alpha_epochs=10) == 0
     with pytest.raises(ValueError):
         alpha_schedule(3, 0)
+
+
+def test_train_config_defaults_are_the_official_codes_per_stage():
+    step1, step2 = TrainConfig(stage=1), TrainConfig(stage=2)
+    assert (step1.lr_patience, step1.alpha_epochs) == (3, 10)  # prune_distill_step1.py: patience=3, epoch < 10
+    assert (step2.lr_patience, step2.alpha_epochs) == (4, 11)  # prune_distill_step2.py: patience=4, epoch < 11
+    assert (step1.step2_features, step1.precision) == ("official", "fp32")
+    assert TrainConfig(stage=2, lr_patience=7, alpha_epochs=10).result_settings()["lr_patience"] == 7
+    with pytest.raises(ValueError, match="step-2 features"):
+        TrainConfig(stage=2, step2_features="blocks")
 
 
 def _step1_terms(student, teacher, pixels, alpha=0.5):
@@ -144,25 +158,47 @@ def test_bottleneck_aligning_compares_a_pruned_student(tiny_model, pixels):
     assert set(embedding_only) == {"embedding"} and embedding_only["embedding"] == terms["embedding"]
 
 
-def _step2_terms(student, teacher, step1_model, pixels, alpha=0.5):
-    return embedding_aligning_loss(encode(student.vision_encoder, pixels, ("blocks",)),
-                                   encode(teacher.vision_encoder, pixels),
-                                   encode(step1_model.vision_encoder, pixels, ("blocks",)), alpha)
+def _step2_terms(student, teacher, step1_model, pixels, alpha=0.5, which="official"):
+    kinds = (STEP2_FEATURES[which],)
+    return embedding_aligning_loss(encode(student.vision_encoder, pixels, kinds), encode(teacher.vision_encoder, pixels),
+                                   encode(step1_model.vision_encoder, pixels, kinds), alpha, which)
+
+
+def test_stream_features_are_the_2_depth_plus_1_points_the_official_step_2_aligns(tiny_model, pixels):
+    encoder = tiny_model.vision_encoder
+    stream = encode(encoder, pixels, ("stream",)).residual_stream
+    assert len(stream) == 2 * 4 + 1
+    with torch.no_grad():
+        torch.testing.assert_close(stream[0], encoder.patch_embed(pixels) + encoder.pos_embed)  # before block 0
+        outputs = encoder(pixels, output_hidden_states=True).hidden_states[1:]
+        for i, layer in enumerate(encoder.layers):
+            after_attention, output = stream[2 * i + 1], stream[2 * i + 2]
+            torch.testing.assert_close(output, outputs[i])
+            # A block is output = r + MLP(LayerNorm2(r)), r = x + attention(LayerNorm1(x)): r is the stream there.
+            torch.testing.assert_close(after_attention + layer.mlp(layer.layer_norm2(after_attention)), output)
 
 
 def test_embedding_aligning_terms(tiny_model, pixels):
     step1_model = copy.deepcopy(tiny_model)
     _perturb(step1_model.vision_encoder.neck.conv2.weight)  # differs from the teacher after the blocks only
     student = copy.deepcopy(step1_model)
-    loss, terms = _step2_terms(student, tiny_model, step1_model, pixels)
-    assert terms["blocks"] == 0 and terms["step1_embedding"] == 0 and terms["embedding"] > 0
-    assert loss.item() == pytest.approx(0.5 * terms["embedding"], rel=1e-6)
+    for which in STEP2_FEATURES:
+        loss, terms = _step2_terms(student, tiny_model, step1_model, pixels, which=which)
+        assert terms["step1_features"] == 0 and terms["step1_embedding"] == 0 and terms["embedding"] > 0
+        assert loss.item() == pytest.approx(0.5 * terms["embedding"], rel=1e-6)
 
     prune(student, "bottleneck", 0.5, criterion="magnitude")
-    loss, terms = _step2_terms(student, tiny_model, step1_model, pixels)
-    assert terms["blocks"] > 0 and terms["step1_embedding"] > 0
+    _, terms = _step2_terms(student, tiny_model, step1_model, pixels)
+    assert terms["step1_features"] > 0 and terms["step1_embedding"] > 0
+    # The official term is the mean MSE over the 9 stream points; "block-outputs" over the 4 block outputs.
+    ours, theirs = (encode(m.vision_encoder, pixels, ("stream",)).residual_stream for m in (student, step1_model))
+    per_point = [torch.nn.functional.mse_loss(a, b).item() for a, b in zip(ours, theirs)]
+    assert per_point[0] == 0  # the patch embedding is the same: step 2 keeps the hidden dim
+    assert terms["step1_features"] == pytest.approx(sum(per_point) / 9, rel=1e-5)
+    _, paper = _step2_terms(student, tiny_model, step1_model, pixels, which="block-outputs")
+    assert paper["step1_features"] == pytest.approx(sum(per_point[2::2]) / 4, rel=1e-5)
     _, same = _step2_terms(student, tiny_model, student, pixels)
-    assert same["blocks"] == 0 and same["step1_embedding"] == 0
+    assert same["step1_features"] == 0 and same["step1_embedding"] == 0
 
 
 # ---- trainer -------------------------------------------------------------------------------------------
@@ -244,13 +280,23 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, images, embedding_prun
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "b")
     monkeypatch.setattr(slimsam.distill.train, "phase_loss", real_loss)
-    saved = torch.load(tmp_path / "b" / CHECKPOINT_FILE, weights_only=False)["progress"]
-    assert (saved["epoch"], saved["batch"]) == (1, 4)
+    checkpoint = torch.load(tmp_path / "b" / CHECKPOINT_FILE, weights_only=False)
+    assert (checkpoint["progress"]["epoch"], checkpoint["progress"]["batch"]) == (1, 4)
+    assert checkpoint["scheduler"]["patience"] == 3  # stage 1's ReduceLROnPlateau patience, as the official code's
+    recorded = json.loads((tmp_path / "b" / CONFIG_FILE).read_text())
+    assert recorded == checkpoint["config"] and (recorded["alpha_epochs"], recorded["step2_features"]) == (10, "official")
     with pytest.raises(FileExistsError, match="--resume"):
         run(tmp_path / "b")
     with pytest.raises(SettingsError, match="lr"):
         student, processor = load_model(str(folder))
         distill(student, processor, teacher, train_paths, val_paths, tmp_path / "b", _config(lr=5e-4), resume=True)
+    for option, value, message in [("lr_patience", 4, "lr_patience 3 -> 4"), ("alpha_epochs", 9, "alpha_epochs 10 -> 9"),
+                                   ("step2_features", "block-outputs", "step2_features official -> block-outputs"),
+                                   ("precision", "bf16", "precision fp32 -> bf16")]:
+        with pytest.raises(SettingsError, match=message):  # a run made with other recipe options is refused
+            student, processor = load_model(str(folder))
+            distill(student, processor, teacher, train_paths, val_paths, tmp_path / "b", _config(**{option: value}),
+                    resume=True)
     with pytest.raises(SettingsError, match="train images 8 files -> 7 files"):
         student, processor = load_model(str(folder))
         distill(student, processor, teacher, train_paths[:-1], val_paths, tmp_path / "b", _config(epochs=2),
@@ -265,6 +311,21 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, images, embedding_prun
     assert resumed.keys() == uninterrupted.keys()
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
     assert [p.name for p in (tmp_path / "b").iterdir() if p.name.startswith(".")] == [".notes"]
+
+
+def test_of_equal_validation_values_the_later_epoch_is_kept(tmp_path, images, embedding_pruned, monkeypatch):
+    """The official code saves the model when iou >= best_iou: a later epoch as good as the best replaces it."""
+    train, val = images
+    teacher, folder = embedding_pruned
+    monkeypatch.setattr(slimsam.distill.train, "make_validation",
+                        lambda *args: Validation("miou", True, lambda student: 0.5))
+    student, processor = load_model(str(folder))
+    model_dir = distill(student, processor, teacher, list_images(train), list_images(val), tmp_path / "run",
+                        _config(epochs=2))
+    last = torch.load(tmp_path / "run" / CHECKPOINT_FILE, weights_only=False)["encoder"]  # after epoch 2
+    kept = load_model(str(model_dir))[0].vision_encoder.state_dict()
+    assert all(torch.equal(kept[k], last[k]) for k in last)
+    assert read_history(model_dir)[-1]["settings"]["lr_patience"] == 3
 
 
 def test_two_process_ddp_matches_one_process(tmp_path, images, embedding_pruned):

@@ -16,6 +16,7 @@ from sa1b import make_sa1b_folder
 from transformers import SamModel
 
 from slimsam.cli.main import main
+from slimsam.model.checkpoints import read_history
 from slimsam.distill.slim import BOTTLENECK_ALIGNING, EMBEDDING_ALIGNING, EMBEDDING_PRUNED, FINAL, SETTINGS_FILE
 from slimsam.distill.train import CHECKPOINT_FILE
 
@@ -84,6 +85,15 @@ def test_slim_records_the_embedding_mse_of_every_phase(uninterrupted, killed_and
     resumed = json.loads((killed_and_rerun / SETTINGS_FILE).read_text())["embedding_mse"]
     assert list(reference) == ["1_embedding_pruned", "2_bottleneck_aligning", "3_bottleneck_pruned",
                                "4_embedding_aligning"]
+    settings = json.loads((uninterrupted / SETTINGS_FILE).read_text())["settings"]
+    assert {k: settings[k] for k in ("embedding_selection", "score_tensors", "alpha_epochs", "lr_patience",
+                                     "step2_features", "precision")} == {
+        "embedding_selection": "head-blocks", "score_tensors": "weights", "alpha_epochs": [10, 11],
+        "lr_patience": [3, 4], "step2_features": "official", "precision": "fp32"}
+    history = read_history(uninterrupted / EMBEDDING_ALIGNING / "model")  # what made the slim model, step by step
+    assert [(r["step"], r.get("embedding_selection"), r.get("score_tensors")) for r in history if r["step"] == "prune"] \
+        == [("prune", "head-blocks", "weights"), ("prune", None, "weights")]
+    assert [r["settings"]["lr_patience"] for r in history if r["step"] == "distill"] == [3, 4]
     assert resumed == reference
     assert reference[BOTTLENECK_ALIGNING] < reference[EMBEDDING_PRUNED]
     assert reference[EMBEDDING_ALIGNING] < reference["3_bottleneck_pruned"]
@@ -96,6 +106,11 @@ def test_slim_refuses_an_output_folder_made_with_other_settings(inputs, uninterr
     assert main(slim_command(inputs, uninterrupted, ratio="0.6")[1:]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("slimsam: error:")]
     assert len(errors) == 1 and "ratio 0.5 -> 0.6" in errors[0]
+    for option, change in [(["--embedding-selection", "channels"], "embedding_selection 'head-blocks' -> 'channels'"),
+                           (["--alpha-epochs", "10", "10"], "alpha_epochs [10, 11] -> [10, 10]"),
+                           (["--lr-patience", "4", "4"], "lr_patience [3, 4] -> [4, 4]")]:
+        assert main(slim_command(inputs, uninterrupted)[1:] + option) == 2  # other recipe options: refused
+        assert change in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in uninterrupted.rglob("*")} == before  # nothing touched
 
     (tmp_path / "other").mkdir()
