@@ -28,11 +28,11 @@ def add_parser(subparsers) -> None:
     defaults = SlimSettings(model="", ratio=0.5, train="", val=None, epochs=1)
     parser.add_argument("--alpha-epochs", type=non_negative_int, nargs=2, metavar=("STAGE1", "STAGE2"),
                         default=defaults.alpha_epochs, help="N of the loss weight a in each stage: stage 1 keeps a = "
-                        "0.5 for N epochs, stage 2 decays it as (N-n-1)/N (default %d %d, the official code; the "
-                        "paper's text has 10 for stage 2)" % defaults.alpha_epochs)
+                        "0.5 for N epochs, stage 2 decays it as (N-n-1)/N (default {} {}, the official code; the "
+                        "paper's text has 10 for stage 2)".format(*defaults.alpha_epochs))
     parser.add_argument("--lr-patience", type=non_negative_int, nargs=2, metavar=("STAGE1", "STAGE2"),
                         default=defaults.lr_patience, help="epochs without a better validation metric before the "
-                        "lr is halved, in each stage (default %d %d, the official code)" % defaults.lr_patience)
+                        "lr is halved, in each stage (default {} {}, the official code)".format(*defaults.lr_patience))
     parser.add_argument("--out", required=True, help="output folder; rerun with the same one to resume")
     parser.set_defaults(run=run)
 

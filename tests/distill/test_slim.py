@@ -16,9 +16,9 @@ from sa1b import make_sa1b_folder
 from transformers import SamModel
 
 from slimsam.cli.main import main
-from slimsam.model.checkpoints import read_history
 from slimsam.distill.slim import BOTTLENECK_ALIGNING, EMBEDDING_ALIGNING, EMBEDDING_PRUNED, FINAL, SETTINGS_FILE
 from slimsam.distill.train import CHECKPOINT_FILE
+from slimsam.model.checkpoints import read_history
 
 SLIMSAM = str(Path(sys.executable).with_name("slimsam"))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models, shared cores: one thread is fastest

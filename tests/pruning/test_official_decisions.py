@@ -34,10 +34,11 @@ def official_setup(hidden: int) -> SamModel:
     blocks 2, 5, 8, 11, a 256-channel neck, which the official step 1 needs to tell the neck apart), with
     random_model's weights (seed 0) and N(0, 1) gradients (torch.Generator seed 1, drawn in the encoder's
     named_parameters() order) in every encoder parameter's `.grad`."""
-    vision = dict(hidden_size=hidden, num_hidden_layers=12, num_attention_heads=HEADS, mlp_dim=4 * hidden,
-                  image_size=64, patch_size=16, output_channels=256, window_size=2, global_attn_indexes=[2, 5, 8, 11])
-    model, _ = random_model(SamConfig(vision_config=vision,
-                                      prompt_encoder_config=dict(image_size=64, image_embedding_size=4)), seed=0)
+    vision = {"hidden_size": hidden, "num_hidden_layers": 12, "num_attention_heads": HEADS, "mlp_dim": 4 * hidden,
+              "image_size": 64, "patch_size": 16, "output_channels": 256, "window_size": 2,
+              "global_attn_indexes": [2, 5, 8, 11]}
+    prompt = {"image_size": 64, "image_embedding_size": 4}
+    model, _ = random_model(SamConfig(vision_config=vision, prompt_encoder_config=prompt), seed=0)
     generator = torch.Generator().manual_seed(1)
     for parameter in model.vision_encoder.parameters():
         parameter.grad = torch.randn(parameter.shape, generator=generator)
