@@ -65,12 +65,13 @@ def add_parser(subparsers) -> None:
                              "2, embedding aligning after bottleneck pruning")
     parser.add_argument("--step1-model", help="stage 2: the model that was bottleneck-pruned into STUDENT "
                                               "(default: the source recorded in STUDENT's history)")
-    parser.add_argument("--alpha-epochs", type=non_negative_int, help=f"N of the loss weight a: stage 1 keeps a = 0.5 for N epochs, "
-                        f"stage 2 decays it as (N-n-1)/N (default {ALPHA_EPOCHS[1]} in stage 1, {ALPHA_EPOCHS[2]} in "
-                        f"stage 2, the official code; the paper's text has 10)")
-    parser.add_argument("--lr-patience", type=non_negative_int, help="epochs without a better validation metric before the lr "
-                        f"is halved (default {LR_PATIENCE[1]} in stage 1, {LR_PATIENCE[2]} in stage 2, the official "
-                        f"code)")
+    parser.add_argument("--alpha-epochs", type=non_negative_int,
+                        help=f"N of the loss weight a: stage 1 keeps a = 0.5 for N epochs, stage 2 decays it as "
+                             f"(N-n-1)/N (default {ALPHA_EPOCHS[1]} in stage 1, {ALPHA_EPOCHS[2]} in stage 2, the "
+                             f"official code; the paper's text has 10)")
+    parser.add_argument("--lr-patience", type=non_negative_int,
+                        help=f"epochs without a better validation metric before the lr is halved (default "
+                             f"{LR_PATIENCE[1]} in stage 1, {LR_PATIENCE[2]} in stage 2, the official code)")
     add_training_args(parser)
     parser.add_argument("--out", required=True, help="run folder: checkpoint, metrics, curves, and model/ at the end")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

@@ -104,6 +104,8 @@ def zscore(scores: torch.Tensor, repeats: int = 1) -> torch.Tensor:
     taken over `scores` repeated `repeats` times (the fork normalises an attention group's per-row scores,
     the head-dim scores repeated once per head). Shape as `scores`."""
     repeated = scores.repeat(repeats)
+    if repeated.numel() < 2:  # no spread to measure (a one-unit layer)
+        return torch.zeros_like(scores)
     return (scores - repeated.mean()) / (repeated.std() + 1e-8)
 
 

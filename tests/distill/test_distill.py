@@ -160,7 +160,8 @@ def test_bottleneck_aligning_compares_a_pruned_student(tiny_model, pixels):
 
 def _step2_terms(student, teacher, step1_model, pixels, alpha=0.5, which="official"):
     kinds = (STEP2_FEATURES[which],)
-    return embedding_aligning_loss(encode(student.vision_encoder, pixels, kinds), encode(teacher.vision_encoder, pixels),
+    return embedding_aligning_loss(encode(student.vision_encoder, pixels, kinds),
+                                   encode(teacher.vision_encoder, pixels),
                                    encode(step1_model.vision_encoder, pixels, kinds), alpha, which)
 
 
@@ -284,13 +285,15 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, images, embedding_prun
     assert (checkpoint["progress"]["epoch"], checkpoint["progress"]["batch"]) == (1, 4)
     assert checkpoint["scheduler"]["patience"] == 3  # stage 1's ReduceLROnPlateau patience, as the official code's
     recorded = json.loads((tmp_path / "b" / CONFIG_FILE).read_text())
-    assert recorded == checkpoint["config"] and (recorded["alpha_epochs"], recorded["step2_features"]) == (10, "official")
+    assert recorded == checkpoint["config"]
+    assert (recorded["alpha_epochs"], recorded["step2_features"]) == (10, "official")
     with pytest.raises(FileExistsError, match="--resume"):
         run(tmp_path / "b")
     with pytest.raises(SettingsError, match="lr"):
         student, processor = load_model(str(folder))
         distill(student, processor, teacher, train_paths, val_paths, tmp_path / "b", _config(lr=5e-4), resume=True)
-    for option, value, message in [("lr_patience", 4, "lr_patience 3 -> 4"), ("alpha_epochs", 9, "alpha_epochs 10 -> 9"),
+    for option, value, message in [("lr_patience", 4, "lr_patience 3 -> 4"),
+                                   ("alpha_epochs", 9, "alpha_epochs 10 -> 9"),
                                    ("step2_features", "block-outputs", "step2_features official -> block-outputs"),
                                    ("precision", "bf16", "precision fp32 -> bf16")]:
         with pytest.raises(SettingsError, match=message):  # a run made with other recipe options is refused
