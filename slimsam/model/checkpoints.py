@@ -22,7 +22,11 @@ from slimsam.model.configs import processor_for
 from slimsam.model.fast_attention import enable_fast_attention
 from slimsam.model.structure import EncoderDims, empty_model, read_dims, sync_config
 
+# A small SamModel trained here on synthetic shapes (benchmarks/train_toy_sam.py), shipped with the package:
+# the one model with real masks that needs no download.
+TOY_SAM_FOLDER = Path(__file__).resolve().parent / "toy_sam"
 ALIASES = {
+    "toy-sam": str(TOY_SAM_FOLDER),
     "sam-b": "facebook/sam-vit-base",
     "sam-l": "facebook/sam-vit-large",
     "sam-h": "facebook/sam-vit-huge",
@@ -64,7 +68,7 @@ def load_model(name_or_path: str, device: str | torch.device = "cpu", dtype: tor
                ) -> tuple[SamModel, SamProcessor]:
     """Load a SAM (original or pruned) and its processor, in eval mode.
 
-    name_or_path: an alias (sam-b, sam-l, sam-h, slimsam-50, slimsam-77), a Hub id, or a local folder
+    name_or_path: an alias (toy-sam, sam-b, sam-l, sam-h, slimsam-50, slimsam-77), a Hub id, or a local folder
     (plain SamModel or this project's pruned format). Never falls back to random weights: raises
     WeightsNotFoundError (or FileNotFoundError for a missing folder) instead.
     fast: with the default "sdpa" attention, swap in the exact, faster encoder attention of
