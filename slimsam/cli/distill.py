@@ -70,7 +70,8 @@ def add_parser(subparsers) -> None:
                              f"(N-n-1)/N (default {ALPHA_EPOCHS[1]} in stage 1, {ALPHA_EPOCHS[2]} in stage 2, the "
                              f"official code; the paper's text has 10)")
     parser.add_argument("--lr-patience", type=non_negative_int,
-                        help=f"epochs without a better validation metric before the lr is halved (default "
+                        help=f"ReduceLROnPlateau patience: the lr is halved after more than this many epochs in a row "
+                             f"without a better validation metric (default "
                              f"{LR_PATIENCE[1]} in stage 1, {LR_PATIENCE[2]} in stage 2, the official code)")
     add_training_args(parser)
     parser.add_argument("--out", required=True, help="run folder: checkpoint, metrics, curves, and model/ at the end")

@@ -31,8 +31,9 @@ def add_parser(subparsers) -> None:
                         "0.5 for N epochs, stage 2 decays it as (N-n-1)/N (default {} {}, the official code; the "
                         "paper's text has 10 for stage 2)".format(*defaults.alpha_epochs))
     parser.add_argument("--lr-patience", type=non_negative_int, nargs=2, metavar=("STAGE1", "STAGE2"),
-                        default=defaults.lr_patience, help="epochs without a better validation metric before the "
-                        "lr is halved, in each stage (default {} {}, the official code)".format(*defaults.lr_patience))
+                        default=defaults.lr_patience, help="ReduceLROnPlateau patience in each stage: the lr is "
+                        "halved after more than this many epochs in a row without a better validation metric (default "
+                        "{} {}, the official code)".format(*defaults.lr_patience))
     parser.add_argument("--out", required=True, help="output folder; rerun with the same one to resume")
     parser.set_defaults(run=run)
 

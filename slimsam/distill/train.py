@@ -80,7 +80,7 @@ class TrainConfig:
     batch_size: int = 4  # images per optimizer step, all processes together (the paper: 1 x 4 accumulation)
     micro_batch: int = 1  # images per forward pass in each process
     lr_factor: float = 0.5  # ReduceLROnPlateau: lr *= lr_factor ...
-    lr_patience: int | None = None  # ... after this many epochs without a better validation metric (LR_PATIENCE)
+    lr_patience: int | None = None  # ... when more than this many epochs in a row bring no better validation metric
     alpha_epochs: int | None = None  # N of the weight `a` (losses.ALPHA_EPOCHS: 10 in stage 1, 11 in stage 2)
     bottleneck_alpha: float = BOTTLENECK_ALPHA
     step2_features: str = "official"  # stage 2: the features aligned with the step-1 model (losses.STEP2_FEATURES)

@@ -21,8 +21,9 @@ LINEAR_OPS = ("aten.addmm", "aten.mm", "aten.convolution")
 def encoder_macs_by_module(model: SamModel) -> dict[str, dict[str, int]]:
     """MACs of one image-encoder forward, per module path ("" = whole encoder, "layers.3", "neck", ...).
 
-    Each value is {"linear_conv": ..., "attention": ...}: "linear_conv" (Linear and Conv layers only) is
-    the convention of the SlimSAM paper's figures (SAM-B 372G, SlimSAM-77 23G); "attention" is the q@k,
+    Each value is {"linear_conv": ..., "attention": ...}: "linear_conv" (Linear and Conv layers only: SAM-B
+    369G, SlimSAM-77 20.9G) is the count closest to the paper's Table 1 (372G, 23G), which does not say what
+    it counts; "attention" is the q@k,
     attn@v and decomposed rel-pos matmuls, which pruning shrinks far less. Input at the model's image
     size (1024x1024 for SAM). Counted on a weightless copy on the meta device: no memory or compute,
     even for SAM-H.
