@@ -59,11 +59,11 @@ def prompt_cases(input_sizes: list[tuple[int, int]]) -> dict[str, dict[str, torc
 
     box = torch.tensor(BOX, dtype=torch.float32)[None, None] * scales.repeat(1, 2)[:, None, :]  # (B, 1, 4)
     return {
-        "point": dict(input_points=points([[POINT]]), input_labels=labels([[1]])),
-        "point + negative point": dict(input_points=points([[POINT, NEGATIVE]]), input_labels=labels([[1, 0]])),
-        "box": dict(input_boxes=box),
-        "box + point": dict(input_points=points([[POINT]]), input_labels=labels([[1]]), input_boxes=box),
-        "3 prompts of 2 points": dict(input_points=points(THREE_PROMPTS), input_labels=labels(THREE_LABELS)),
+        "point": {"input_points": points([[POINT]]), "input_labels": labels([[1]])},
+        "point + negative point": {"input_points": points([[POINT, NEGATIVE]]), "input_labels": labels([[1, 0]])},
+        "box": {"input_boxes": box},
+        "box + point": {"input_points": points([[POINT]]), "input_labels": labels([[1]]), "input_boxes": box},
+        "3 prompts of 2 points": {"input_points": points(THREE_PROMPTS), "input_labels": labels(THREE_LABELS)},
     }
 
 
@@ -137,12 +137,13 @@ def equivalence_report(model: SamModel, processor: SamProcessor, folder: str | P
             entry["warning"] = (f"{variant}: mean mask IoU {entry['mask_iou']:.3f} against fp32 is below "
                                 f"{MIN_MASK_IOU}; its masks often differ from the model's")
         entries[variant] = entry
-    params = count_parameters(model)
+    params, macs = count_parameters(model), encoder_macs(model)
     return {"model": getattr(model, "name_or_path", None) or model.config._name_or_path or "in-memory model",
             "exported_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "versions": {package: version(package) for package in ("torch", "transformers", "onnx", "onnxruntime")},
             "params": params["total"], "encoder_params": params["encoder"],
-            "encoder_macs": encoder_macs(model)["linear_conv"], "encoder_dims": read_dims(model).to_dict(),
+            "encoder_macs": macs["linear_conv"], "encoder_macs_with_attention": macs["total"],
+            "encoder_dims": read_dims(model).to_dict(),
             "photos": [f"{photo.width}x{photo.height}" for photo in photos], "prompts": list(cases),
             "fp32_tolerance": FP32_TOLERANCE, "min_mask_iou": MIN_MASK_IOU, "variants": entries}
 

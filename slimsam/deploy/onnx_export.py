@@ -93,6 +93,7 @@ def export_onnx(model: SamModel, processor: SamProcessor, folder: str | Path, qu
             elif variant == "fp16":
                 convert_fp16(graph_path(tmp, ENCODER), graph_path(tmp, ENCODER, "fp16"))
                 convert_fp16(graph_path(tmp, DECODER), graph_path(tmp, DECODER, "fp16"))
+        write_configs(traced, processor, tmp)
         report.update(equivalence_report(traced, processor, tmp, ["fp32", *(v for v in variants if v != "fp32")]))
         fp32 = report["variants"]["fp32"]
         if not fp32["passed"]:
@@ -104,7 +105,6 @@ def export_onnx(model: SamModel, processor: SamProcessor, folder: str | Path, qu
             for part in (ENCODER, DECODER):
                 graph_path(tmp, part).unlink()
             fp32["written"] = False
-        write_configs(traced, processor, tmp)
         write_json_atomically(tmp / REPORT_FILE, report)
 
     write_folder_atomically(folder, write, overwrite)
@@ -136,7 +136,8 @@ def traceable_copy(model: SamModel) -> SamModel:
 
 @contextlib.contextmanager
 def _quiet(*logger_names: str):
-    """Silence the exporter's and the quantizer's progress lines and warnings (not errors) for a while."""
+    """Silence the exporter's and the quantizer's progress lines and warnings (not errors) for a while: the
+    named loggers ("" is the root) below ERROR, and Python warnings."""
     loggers = [logging.getLogger(name) for name in logger_names]
     levels = [logger.level for logger in loggers]
     try:
@@ -176,7 +177,7 @@ def export_graphs(model: SamModel, folder: Path) -> None:
     for part, module, inputs, input_names, output_names, dynamic_shapes in graphs:
         path = graph_path(folder, part)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _quiet("torch.onnx", "torch.export", "torch._export"):
+        with _quiet("", "torch.onnx"):  # the root logger: onnxscript's optimizer reports every rewrite
             torch.onnx.export(module.eval(), inputs, path, input_names=list(input_names),
                               output_names=list(output_names), dynamic_shapes=dynamic_shapes, dynamo=True,
                               external_data=False, verbose=False)

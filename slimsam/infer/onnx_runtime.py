@@ -120,6 +120,9 @@ class OnnxSam:
 
         self.folder = Path(folder).expanduser()
         self.variant = _choose_variant(self.folder, variant)
+        # (transformers 5 gives a default SamConfig for a folder without config.json, without a word)
+        if not (self.folder / "config.json").is_file():
+            raise NotAnExportError(f"{self.folder} has ONNX graphs but no config.json")
         try:
             self.config = SamConfig.from_pretrained(self.folder)
         except (OSError, ValueError) as error:

@@ -1,14 +1,12 @@
 """ONNX export: the layout transformers.js reads, graphs that compute what PyTorch computes (any prompt, pruned
 models with per-layer widths included), int8 and fp16 variants, the report, and bad input.
 
-Each export takes about a minute on 2 cores, so the module exports twice (the tiny model through the CLI,
-a globally pruned one through export_onnx) and every test reads those folders. The graphs are run here with
+Each export takes about a minute on 2 cores, so there are two (the tiny model through the CLI, shared with
+tests/infer, and a globally pruned one through export_onnx) and every test reads those folders. The graphs are run here with
 onnxruntime directly, not through slimsam's reader, so a bug shared by the exporter and the reader shows.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 
@@ -31,15 +29,9 @@ TOLERANCE = 1e-4  # relative to the largest PyTorch value, as the issue asks of 
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_model_dir, tmp_path_factory):
-    """The tiny model exported by `slimsam export --format onnx --quantize none int8`: (folder, stdout)."""
-    folder = tmp_path_factory.mktemp("onnx") / "tiny-onnx"
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        code = main(["export", str(tiny_model_dir), "--format", "onnx", "--quantize", "none", "int8",
-                     "--out", str(folder)])
-    assert code == 0
-    return folder, stdout.getvalue()
+def exported(tiny_onnx_export):
+    """The tiny model exported by `slimsam export --format onnx --quantize none int8` (conftest): (folder, stdout)."""
+    return tiny_onnx_export
 
 
 @pytest.fixture(scope="module")
@@ -74,16 +66,17 @@ def photo_inputs(processor, photos):
 
 # (name, SamModel prompts for one image of model-input size (h, w)): x, y as fractions of the width and height
 PROMPTS = {
-    "point": lambda h, w: dict(input_points=torch.tensor([[[[0.5 * w, 0.4 * h]]]]), input_labels=torch.tensor([[[1]]])),
-    "negative point": lambda h, w: dict(input_points=torch.tensor([[[[0.5 * w, 0.4 * h], [0.2 * w, 0.9 * h]]]]),
-                                        input_labels=torch.tensor([[[1, 0]]])),
-    "box": lambda h, w: dict(input_boxes=torch.tensor([[[0.2 * w, 0.1 * h, 0.8 * w, 0.9 * h]]])),
-    "box + point": lambda h, w: dict(input_points=torch.tensor([[[[0.5 * w, 0.4 * h]]]]),
-                                     input_labels=torch.tensor([[[1]]]),
-                                     input_boxes=torch.tensor([[[0.2 * w, 0.1 * h, 0.8 * w, 0.9 * h]]])),
-    "4 prompts of 3 points": lambda h, w: dict(
-        input_points=torch.rand(1, 4, 3, 2, generator=torch.Generator().manual_seed(0)) * torch.tensor([w, h]),
-        input_labels=torch.tensor([[[1, 1, 0], [1, 0, 0], [0, 1, 1], [1, -1, -10]]])),
+    "point": lambda h, w: {"input_points": torch.tensor([[[[0.5 * w, 0.4 * h]]]]),
+                           "input_labels": torch.tensor([[[1]]])},
+    "negative point": lambda h, w: {"input_points": torch.tensor([[[[0.5 * w, 0.4 * h], [0.2 * w, 0.9 * h]]]]),
+                                    "input_labels": torch.tensor([[[1, 0]]])},
+    "box": lambda h, w: {"input_boxes": torch.tensor([[[0.2 * w, 0.1 * h, 0.8 * w, 0.9 * h]]])},
+    "box + point": lambda h, w: {"input_points": torch.tensor([[[[0.5 * w, 0.4 * h]]]]),
+                                 "input_labels": torch.tensor([[[1]]]),
+                                 "input_boxes": torch.tensor([[[0.2 * w, 0.1 * h, 0.8 * w, 0.9 * h]]])},
+    "4 prompts of 3 points": lambda h, w: {
+        "input_points": torch.rand(1, 4, 3, 2, generator=torch.Generator().manual_seed(0)) * torch.tensor([w, h]),
+        "input_labels": torch.tensor([[[1, 1, 0], [1, 0, 0], [0, 1, 1], [1, -1, -10]]])},
 }
 
 
@@ -225,6 +218,7 @@ def test_globally_pruned_model_with_per_layer_widths_exports_and_matches(pruned_
         want = model(image_embeddings=want_embeddings, **prompts)
     assert_close(embeddings, want_embeddings, "image embeddings")
     assert_close(masks, want.pred_masks, "mask logits")
+    assert_close(scores, want.iou_scores, "IoU scores")
 
 
 def test_a_variant_below_the_mask_iou_floor_is_reported_with_a_warning(exported, tiny_model_dir, monkeypatch):
@@ -271,7 +265,7 @@ def test_bad_input_is_one_error_line_and_writes_nothing(tiny_model_dir, tmp_path
         options = ["--format", "tflite"]
     else:
         options = ["--quantize", "int8"]
-    code, stdout, err = run_cli(capsys, "export", model, *options, "--out", out)
+    code, _, err = run_cli(capsys, "export", model, *options, "--out", out)
     assert code == 2 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("slimsam: error:"), err
     if problem == "existing out":
