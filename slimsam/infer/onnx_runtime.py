@@ -129,6 +129,7 @@ class OnnxSam:
             raise NotAnExportError(f"{self.folder} has ONNX graphs but no readable config.json: "
                                    f"{str(error).splitlines()[0]}") from error
         options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only: fp16 graphs warn that MatMuls cannot be constant-folded
         if threads:
             options.intra_op_num_threads = threads
         self.encoder, self.decoder = (
