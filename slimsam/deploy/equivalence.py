@@ -1,10 +1,10 @@
 """The equivalence report: does each variant of an ONNX export compute what the PyTorch model computes?
 
-Two photos (Grace Hopper and a landscape crop of her, one batch of 2, so the encoder's dynamic batch is used)
-and five prompts per photo: one point, a point and a negative point, a box, a box and a point, and three
-prompts of two points at once; each with three masks and with one. Every variant runs on onnxruntime through
-`slimsam.infer.onnx_runtime.OnnxSam` (the reader SamPredictor uses) and is compared with the PyTorch model
-(float32, CPU) on the same pixels and prompts:
+Two photos (Grace Hopper and a landscape crop of her; each encoded alone, since SAM-H's global attention
+needs gigabytes per image, then decoded as one batch of 2) and five prompts per photo: one point, a point and a
+negative point, a box, a box and a point, and three prompts of two points at once; each with three masks and
+with one. Every variant runs on onnxruntime through `slimsam.infer.onnx_runtime.OnnxSam` (the reader
+SamPredictor uses) and is compared with the PyTorch model (float32, CPU) on the same pixels and prompts:
 
 - embeddings, mask logits, IoU scores: the max abs difference, and relative = max abs difference / max |PyTorch|
   (the worst over the prompts);
@@ -25,7 +25,7 @@ from transformers import SamModel, SamProcessor
 
 from slimsam.data.samples import sample_photos
 from slimsam.evaluate.masks import mask_iou
-from slimsam.infer.onnx_runtime import DECODER, ENCODER, OnnxSam, graph_path
+from slimsam.infer.onnx_runtime import DECODER, ENCODER, OnnxSam, graph_files
 from slimsam.model.stats import count_parameters, encoder_macs
 from slimsam.model.structure import read_dims
 
@@ -86,7 +86,7 @@ def _mask_ious(got: torch.Tensor, want: torch.Tensor, covered: list[tuple[int, i
 def compare_variant(onnx_model: OnnxSam, pixel_values: torch.Tensor, reference: dict, cases: dict,
                     covered: list[tuple[int, int]]) -> dict:
     """One variant's entry of the report (see the module docstring); reference from `reference_outputs`."""
-    embeddings, positions = onnx_model.encode(pixel_values)
+    embeddings, positions = (torch.cat(outputs) for outputs in zip(*map(onnx_model.encode, pixel_values[:, None])))
     logits, scores, ious = [], [], []
     for (name, multimask), (want_masks, want_scores) in reference["decoded"].items():
         masks, iou_scores = onnx_model.decode(embeddings, positions, multimask_output=multimask, **cases[name])
@@ -96,7 +96,7 @@ def compare_variant(onnx_model: OnnxSam, pixel_values: torch.Tensor, reference: 
         logits.append((masks, want_masks))
         scores.append((iou_scores, want_scores))
         ious += _mask_ious(masks, want_masks, covered)
-    files = [graph_path(onnx_model.folder, part, onnx_model.variant) for part in (ENCODER, DECODER)]
+    files = [path for part in (ENCODER, DECODER) for path in graph_files(onnx_model.folder, part, onnx_model.variant)]
     return {"files": [f"{path.parent.name}/{path.name}" for path in files], "written": True,
             "size_mb": round(sum(path.stat().st_size for path in files) / 1e6, 2),
             "embeddings": _worst([(embeddings, reference["embeddings"])]), "mask_logits": _worst(logits),
@@ -106,7 +106,7 @@ def compare_variant(onnx_model: OnnxSam, pixel_values: torch.Tensor, reference: 
 @torch.inference_mode()
 def reference_outputs(model: SamModel, pixel_values: torch.Tensor, cases: dict) -> dict:
     """PyTorch's image embeddings and, per (case, multimask), its (pred_masks, iou_scores)."""
-    embeddings = model.get_image_embeddings(pixel_values)
+    embeddings = torch.cat([model.get_image_embeddings(pixels[None]) for pixels in pixel_values])
     decoded = {}
     for name, prompts in cases.items():
         for multimask in (True, False):

@@ -93,8 +93,8 @@ def decode_all_masks(decoder, image_embeddings: torch.Tensor, image_positional_e
     image_embeddings = image_embeddings.transpose(2, 3).reshape(batch * point_batch, channels, height, width)
     upscaled = decoder.activation(decoder.upscale_layer_norm(decoder.upscale_conv1(image_embeddings)))
     upscaled = decoder.activation(decoder.upscale_conv2(upscaled))
-    hyper_in = torch.stack([mlp(mask_tokens_out[:, :, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)],
-                           dim=2)
+    hyper_in = torch.stack(
+        [mlp(mask_tokens_out[:, :, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=2)
     _, channels, height, width = upscaled.shape
     upscaled = upscaled.reshape(batch, point_batch, channels, height * width)
     masks = (hyper_in @ upscaled).reshape(batch, point_batch, -1, height, width)

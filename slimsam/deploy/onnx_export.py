@@ -11,11 +11,12 @@ How (each step measured in the prototype this follows):
   (`restore_stock_attention`): slimsam's row-chunked fast attention loops in Python over a batch-dependent
   number of chunks, so it exports only at one fixed batch, in minutes; the stock attention exports exactly, with
   a dynamic batch, and runs as fast in onnxruntime (which reuses its buffers);
-- torch.onnx.export with the dynamo exporter, one file per graph (`external_data=False`: transformers.js
-  looks for `X.onnx_data` and only when configured, never for the exporter's default `X.onnx.data`);
-  example sizes all above 1 and all different (torch.export specialises 0 and 1 and may unify equal sizes),
-  and the dynamic axes checked in the written graph, because the exporter can freeze one without a word;
-- per-node metadata (stack traces with local file paths) stripped;
+- torch.onnx.export with the dynamo exporter; example sizes all above 1 and all different (torch.export
+  specialises 0 and 1 and may unify equal sizes), and the dynamic axes checked in the written graph, because
+  the exporter can freeze one without a word;
+- one file per graph, per-node metadata (stack traces with local file paths) stripped; a graph whose weights
+  do not fit in one protobuf file (2 GiB: SAM-H's fp32 encoder) keeps them in `X.onnx_data` beside it, the name
+  transformers.js asks for when config.json says so (the exporter's own `X.onnx.data` it never asks for);
 - int8: onnxruntime's dynamic quantization of the MatMuls with constant weights (uint8 weights, per tensor;
   activations quantized per call), written as `*_quantized.onnx`, transformers.js's "q8";
 - fp16: onnxruntime's float16 converter with float32 inputs and outputs (transformers.js feeds float32).
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import time
 import warnings
@@ -45,7 +47,12 @@ from slimsam.infer.onnx_runtime import (
     ENCODER,
     ENCODER_INPUTS,
     ENCODER_OUTPUTS,
+    EXTERNAL_DATA_SUFFIX,
+    ONNX_SUBFOLDER,
     REPORT_FILE,
+    TRANSFORMERS_JS_CONFIG,
+    external_data_path,
+    graph_files,
     graph_path,
 )
 from slimsam.model.checkpoints import write_preprocessor_config
@@ -56,9 +63,9 @@ log = logging.getLogger(__name__)
 
 # --quantize value -> the variant it writes (slimsam.infer.onnx_runtime.VARIANT_SUFFIXES)
 QUANTIZE_VARIANTS = {"none": "fp32", "int8": "int8", "fp16": "fp16"}
-# protobuf's limit for one file; the exporter would need external data beyond it, which transformers.js reads
-# only under another name and with extra configuration
-SINGLE_FILE_LIMIT_BYTES = 2 ** 31 - 1
+# One protobuf file holds at most 2 GiB; a graph with more weights than this keeps them in a file beside it
+# (the margin is for the graph's own structure, under 1 MB even for SAM-H)
+ONE_FILE_MAX_WEIGHT_BYTES = 2 ** 31 - 2 ** 26
 
 
 class ExportError(RuntimeError):
@@ -72,7 +79,7 @@ def export_onnx(model: SamModel, processor: SamProcessor, folder: str | Path, qu
     quantize: which variants to write: "none" (the fp32 graphs), "int8", "fp16", any combination. The fp32
     graphs are always made and checked (the others are made from them), and kept only with "none".
     Raises ValueError for an unknown quantize value, FileExistsError when `folder` exists and not `overwrite`
-    (before any work), ExportError when the encoder is too big for one file or fp32 differs from PyTorch.
+    (before any work), ExportError when fp32 differs from PyTorch.
     The report (also written as export_report.json) is slimsam.deploy.equivalence's.
     """
     variants = export_variants(quantize)
@@ -99,12 +106,15 @@ def export_onnx(model: SamModel, processor: SamProcessor, folder: str | Path, qu
         if not fp32["passed"]:
             raise ExportError(f"the fp32 ONNX graphs differ from PyTorch by more than {report['fp32_tolerance']:g} "
                               f"relative (embeddings {fp32['embeddings']['relative']:.1e}, mask logits "
-                              f"{fp32['mask_logits']['relative']:.1e}, IoU scores {fp32['iou_scores']['relative']:.1e}); "
+                              f"{fp32['mask_logits']['relative']:.1e}, IoU scores "
+                              f"{fp32['iou_scores']['relative']:.1e}); "
                               f"nothing written")
         if "fp32" not in variants:
             for part in (ENCODER, DECODER):
-                graph_path(tmp, part).unlink()
+                for path in graph_files(tmp, part):
+                    path.unlink()
             fp32["written"] = False
+        name_external_data(tmp)
         write_json_atomically(tmp / REPORT_FILE, report)
 
     write_folder_atomically(folder, write, overwrite)
@@ -122,14 +132,15 @@ def export_variants(quantize: Iterable[str]) -> list[str]:
 
 
 def traceable_copy(model: SamModel) -> SamModel:
-    """A float32, eval-mode CPU copy of `model` with transformers' encoder attention (the same function), small
-    enough for one file: what is traced, and what the export is checked against."""
-    encoder_bytes = 4 * sum(p.numel() for p in model.vision_encoder.parameters())
-    if encoder_bytes > SINGLE_FILE_LIMIT_BYTES:
-        raise ExportError(f"the image encoder has {encoder_bytes / 2 ** 30:.1f} GiB of fp32 weights, more than one "
-                          f"ONNX file can hold (2 GiB, protobuf's limit); exporting it would need external weight "
-                          f"files, which this exporter does not write (SAM-H is such a model; SAM-L and smaller fit)")
-    traced = copy.deepcopy(model).float().cpu().eval()
+    """A float32, eval-mode CPU copy of `model` with transformers' encoder attention (the same function): what
+    is traced, and what the export is checked against.
+
+    When the weights are float32 on the CPU already, the copy shares them (only the modules are copied): SAM-H's
+    2.4 GiB are held once, not twice. Nothing here writes to them.
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    shared = all(tensor.dtype == torch.float32 and tensor.device.type == "cpu" for tensor in tensors)
+    traced = copy.deepcopy(model, {id(tensor): tensor for tensor in tensors} if shared else None).float().cpu().eval()
     restore_stock_attention(traced)
     return traced
 
@@ -186,7 +197,8 @@ def export_graphs(model: SamModel, folder: Path) -> None:
 
 
 def finish_graph(path: Path, dynamic_axes: dict[str, tuple[int, ...]]) -> None:
-    """Check that the axes meant to be dynamic are, and strip per-node metadata; rewrites `path` in place.
+    """Check that the axes meant to be dynamic are, and strip per-node metadata; rewrites `path` in place
+    (with save_graph: weights over 2 GiB move from the exporter's `X.onnx.data` to `X.onnx_data`).
 
     torch.onnx's dynamo path can specialise a torch.export.Dim to the example's size without an error or a
     warning (it did so for the row-chunked attention): a graph that accepts one batch only is refused here.
@@ -194,7 +206,7 @@ def finish_graph(path: Path, dynamic_axes: dict[str, tuple[int, ...]]) -> None:
     """
     import onnx
 
-    graph = onnx.load(path)
+    graph = onnx.load(path)  # and the weights, from the exporter's data file if it wrote one
     shapes = {value.name: value.type.tensor_type.shape.dim for value in graph.graph.input}
     for name, axes in dynamic_axes.items():
         static = [axis for axis in axes if not shapes[name][axis].dim_param]
@@ -204,7 +216,22 @@ def finish_graph(path: Path, dynamic_axes: dict[str, tuple[int, ...]]) -> None:
     for node in graph.graph.node:
         del node.metadata_props[:]
     del graph.metadata_props[:]
-    onnx.save(graph, path)
+    save_graph(graph, path)
+    path.with_name(path.name + ".data").unlink(missing_ok=True)  # the exporter's own name for external weights
+
+
+def save_graph(graph, path: Path) -> None:
+    """Save an onnx.ModelProto as one file, or, when its weights exceed ONE_FILE_MAX_WEIGHT_BYTES, as the graph
+    plus one file of weights beside it (slimsam.infer.onnx_runtime.external_data_path)."""
+    import onnx
+
+    data = external_data_path(path)
+    data.unlink(missing_ok=True)  # onnx appends to an existing data file
+    if sum(tensor.ByteSize() for tensor in graph.graph.initializer) <= ONE_FILE_MAX_WEIGHT_BYTES:
+        onnx.save(graph, path)
+    else:
+        onnx.save(graph, path, save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
+        data.chmod(path.stat().st_mode)  # onnx creates it private; it is as public as the graph
 
 
 def quantize_int8(source: Path, target: Path) -> None:
@@ -222,12 +249,11 @@ def quantize_int8(source: Path, target: Path) -> None:
 
 def convert_fp16(source: Path, target: Path) -> None:
     """fp16 weights and arithmetic with float32 graph inputs and outputs (what transformers.js feeds)."""
-    import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    with _quiet("", "onnxruntime"):
-        converted = convert_float_to_float16(onnx.load(source), keep_io_types=True)
-    onnx.save(converted, target)
+    with _quiet("", "onnxruntime"):  # given the path, the converter also reads graphs with external weights
+        converted = convert_float_to_float16(str(source), keep_io_types=True)
+    save_graph(converted, target)
 
 
 def write_configs(model: SamModel, processor: SamProcessor, folder: Path) -> None:
@@ -241,3 +267,17 @@ def write_configs(model: SamModel, processor: SamProcessor, folder: Path) -> Non
     model.config.save_pretrained(folder)
     processor.save_pretrained(folder)
     write_preprocessor_config(processor, folder)
+
+
+def name_external_data(folder: Path) -> None:
+    """Tell transformers.js which graphs of the export in `folder` keep their weights beside them: config.json's
+    "transformers.js_config" gets {"use_external_data_format": {"vision_encoder.onnx": 1, ...}} (1: one file,
+    `X.onnx_data`); without it transformers.js would not fetch them in a browser. Nothing changes without such
+    graphs. (onnxruntime itself finds the file from the graph.)"""
+    data_files = (folder / ONNX_SUBFOLDER).glob(f"*.onnx{EXTERNAL_DATA_SUFFIX}")
+    graphs = sorted(path.name[:-len(EXTERNAL_DATA_SUFFIX)] for path in data_files)
+    if not graphs:
+        return
+    config = json.loads((folder / "config.json").read_text())
+    config.setdefault(TRANSFORMERS_JS_CONFIG, {})["use_external_data_format"] = {graph: 1 for graph in graphs}
+    write_json_atomically(folder / "config.json", config)

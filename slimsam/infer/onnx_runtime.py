@@ -12,6 +12,9 @@ defined here once, `slimsam.deploy.onnx_export` writes them and `OnnxSam` reads 
     DIR/onnx/prompt_encoder_mask_decoder.onnx
     DIR/onnx/*_quantized.onnx                     int8 (dtype "q8", transformers.js's default in browsers)
     DIR/onnx/*_fp16.onnx                          fp16 inside, float32 inputs and outputs (dtype "fp16")
+    DIR/onnx/vision_encoder.onnx_data             the weights of a graph over 2 GiB (SAM-H's fp32 encoder): one
+                                                  protobuf file holds at most 2 GiB; config.json's
+                                                  "transformers.js_config" names such graphs
 
 Graphs (S = vision_config.image_size, C = output channels, h = w = S / 16; batch, point_batch and num_points
 are dynamic axes):
@@ -50,6 +53,10 @@ ENCODER_OUTPUTS = ("image_embeddings", "image_positional_embeddings")
 DECODER_INPUTS = ("image_embeddings", "image_positional_embeddings", "input_points", "input_labels")
 DECODER_OUTPUTS = ("iou_scores", "pred_masks", "single_iou_scores", "single_pred_masks")
 BOX_CORNER_LABELS = (2, 3)
+# a graph too big for one file keeps its weights in "<graph file>_data", the name transformers.js asks for when
+# config.json's TRANSFORMERS_JS_CONFIG has {"use_external_data_format": {"<graph file>": 1}}
+EXTERNAL_DATA_SUFFIX = "_data"
+TRANSFORMERS_JS_CONFIG = "transformers.js_config"
 PREPROCESSOR_FILE = "preprocessor_config.json"
 REPORT_FILE = "export_report.json"
 
@@ -61,6 +68,18 @@ class NotAnExportError(ValueError):
 def graph_path(folder: str | Path, part: str, variant: str = "fp32") -> Path:
     """Where the `part` graph (ENCODER or DECODER) of `variant` (a VARIANT_SUFFIXES key) lives in an export."""
     return Path(folder) / ONNX_SUBFOLDER / f"{part}{VARIANT_SUFFIXES[variant]}.onnx"
+
+
+def external_data_path(graph: str | Path) -> Path:
+    """Where a graph file's weights are when they do not fit in the file itself (see EXTERNAL_DATA_SUFFIX)."""
+    graph = Path(graph)
+    return graph.with_name(graph.name + EXTERNAL_DATA_SUFFIX)
+
+
+def graph_files(folder: str | Path, part: str, variant: str = "fp32") -> list[Path]:
+    """The files of one graph: the graph, and its external weights when it has them."""
+    graph = graph_path(folder, part, variant)
+    return [graph] + [path for path in (external_data_path(graph),) if path.is_file()]
 
 
 def exported_variants(folder: str | Path) -> list[str]:
@@ -135,7 +154,7 @@ class OnnxSam:
         self.encoder, self.decoder = (
             onnxruntime.InferenceSession(graph_path(self.folder, part, self.variant), options,
                                          providers=["CPUExecutionProvider"]) for part in (ENCODER, DECODER))
-        files = [graph_path(self.folder, part, self.variant).stat() for part in (ENCODER, DECODER)]
+        files = [path.stat() for part in (ENCODER, DECODER) for path in graph_files(self.folder, part, self.variant)]
         # what identifies these weights in embedding caches: the files, as they are now
         self.cache_key = f"onnx:{self.folder.resolve()}:{self.variant}:" + ":".join(
             f"{stat.st_size}-{stat.st_mtime_ns}" for stat in files)

@@ -2,8 +2,9 @@
 models with per-layer widths included), int8 and fp16 variants, the report, and bad input.
 
 Each export takes about a minute on 2 cores, so there are two (the tiny model through the CLI, shared with
-tests/infer, and a globally pruned one through export_onnx) and every test reads those folders. The graphs are run here with
-onnxruntime directly, not through slimsam's reader, so a bug shared by the exporter and the reader shows.
+tests/infer, and a globally pruned one through export_onnx, as if its graphs were too big for one file) and every
+test reads those folders. The graphs are run here with onnxruntime directly, not through slimsam's reader, so a
+bug shared by the exporter and the reader shows.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from slimsam.deploy import equivalence, onnx_export
 from slimsam.deploy.onnx_export import ExportError, export_onnx
 from slimsam.model.checkpoints import load_model
 from slimsam.model.configs import processor_for
+from slimsam.model.fast_attention import FastVisionAttention, enable_fast_attention
 
 TOLERANCE = 1e-4  # relative to the largest PyTorch value, as the issue asks of fp32
 
@@ -36,14 +38,17 @@ def exported(tiny_onnx_export):
 
 @pytest.fixture(scope="module")
 def pruned_and_exported(tmp_path_factory):
-    """Step 1 (embedding) then global step 2: hidden size, head dims and MLP widths all pruned, per layer."""
+    """Step 1 (embedding) then global step 2: hidden size, head dims and MLP widths all pruned, per layer; exported
+    with every variant as if each graph were too big for one file (SAM-H's fp32 encoder is: 2.4 GiB)."""
     model = make_tiny_model(seed=3, hidden_size=96, mlp_dim=192)
     slimsam.prune(model, "embedding", 0.5, criterion="magnitude", progress=False)
     slimsam.prune(model, "bottleneck", 0.6, scope="global", criterion="random", progress=False)
     dims = slimsam.read_dims(model)
     assert len({layer.head_dim for layer in dims.layers}) > 1 and len({layer.mlp_dim for layer in dims.layers}) > 1
     folder = tmp_path_factory.mktemp("onnx") / "global-onnx"
-    report = export_onnx(model, processor_for(model.config), folder)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(onnx_export, "ONE_FILE_MAX_WEIGHT_BYTES", 0)
+        report = export_onnx(model, processor_for(model.config), folder, quantize=("none", "int8", "fp16"))
     return model, folder, report
 
 
@@ -203,7 +208,7 @@ def test_int8_graphs_are_quantized_and_run(exported):
 
 def test_globally_pruned_model_with_per_layer_widths_exports_and_matches(pruned_and_exported):
     model, folder, report = pruned_and_exported
-    assert report["variants"]["fp32"]["passed"] and list(report["variants"]) == ["fp32"]
+    assert report["variants"]["fp32"]["passed"] and list(report["variants"]) == ["fp32", "int8", "fp16"]
     assert [layer["head_dim"] for layer in report["encoder_dims"]["layers"]] == \
         [layer.head_dim for layer in slimsam.read_dims(model).layers]
     pixel_values, sizes = photo_inputs(processor_for(model.config), real_photos()[:1])
@@ -219,6 +224,43 @@ def test_globally_pruned_model_with_per_layer_widths_exports_and_matches(pruned_
     assert_close(embeddings, want_embeddings, "image embeddings")
     assert_close(masks, want.pred_masks, "mask logits")
     assert_close(scores, want.iou_scores, "IoU scores")
+
+
+def test_graphs_too_big_for_one_file_keep_their_weights_beside_them(pruned_and_exported):
+    """Weights over the one-file limit go to `X.onnx_data` (the name transformers.js asks for, not the exporter's
+    `X.onnx.data`), config.json tells transformers.js which graphs have one, and every variant still matches."""
+    _, folder, report = pruned_and_exported
+    onnx_files = sorted(path.name for path in (folder / "onnx").iterdir())
+    graphs = [name for name in onnx_files if name.endswith(".onnx")]
+    assert len(graphs) == 6 and not any(name.endswith(".onnx.data") for name in onnx_files)
+    # the int8 quantizer writes its graph in one file whatever its input (int8 of a graph over 8 GiB would not fit)
+    external = [name for name in graphs if "_quantized" not in name]
+    assert [name for name in onnx_files if name.endswith(".onnx_data")] == [f"{name}_data" for name in external]
+    for name in external:
+        graph, data = folder / "onnx" / name, folder / "onnx" / f"{name}_data"
+        assert data.stat().st_size > 0 and graph.stat().st_mode == data.stat().st_mode
+        locations = {entry.value for tensor in onnx.load(graph, load_external_data=False).graph.initializer
+                     for entry in tensor.external_data if entry.key == "location"}
+        assert locations == {data.name}
+    config = json.loads((folder / "config.json").read_text())
+    assert config["transformers.js_config"] == {"use_external_data_format": {name: 1 for name in external}}
+    assert report["variants"]["fp32"]["files"] == [
+        "onnx/vision_encoder.onnx", "onnx/vision_encoder.onnx_data",
+        "onnx/prompt_encoder_mask_decoder.onnx", "onnx/prompt_encoder_mask_decoder.onnx_data"]
+    assert report["variants"]["fp16"]["mask_iou"] > 0.9 and report["variants"]["int8"]["mask_iou"] > 0.5
+
+
+def test_the_traced_copy_shares_float32_weights_and_leaves_the_model_alone():
+    model = make_tiny_model()
+    enable_fast_attention(model)
+    traced = onnx_export.traceable_copy(model)
+    assert traced.vision_encoder.layers[0].attn.qkv.weight is model.vision_encoder.layers[0].attn.qkv.weight
+    assert type(traced.vision_encoder.layers[0].attn) is not type(model.vision_encoder.layers[0].attn)
+    assert isinstance(model.vision_encoder.layers[0].attn, FastVisionAttention)  # the model keeps its attention
+    half = make_tiny_model().to(torch.bfloat16)
+    traced = onnx_export.traceable_copy(half)
+    assert traced.vision_encoder.layers[0].attn.qkv.weight.dtype == torch.float32
+    assert half.vision_encoder.layers[0].attn.qkv.weight.dtype == torch.bfloat16  # converted in the copy only
 
 
 def test_a_variant_below_the_mask_iou_floor_is_reported_with_a_warning(exported, tiny_model_dir, monkeypatch):
