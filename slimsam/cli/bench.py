@@ -1,5 +1,6 @@
-"""`slimsam bench MODEL... [--random-weights] [--runtime pytorch onnxruntime] [--dtype fp32 bf16 int8 ...] [--json PATH]`:
-encoder and decoder speed, on PyTorch and on onnxruntime (ONNX export folders, or models exported on the fly)."""
+"""`slimsam bench MODEL... [--random-weights] [--runtime pytorch onnxruntime] [--dtype fp32 bf16 int8 ...]
+[--interleave] [--json PATH]`: encoder and decoder speed, on PyTorch and on onnxruntime (ONNX export folders, or
+models exported on the fly)."""
 from __future__ import annotations
 
 import math
@@ -49,6 +50,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--reference", help="model the ratios are to (default: sam-h if benchmarked, else the first)")
     parser.add_argument("--repeats", type=positive_int, default=5,
                         help="timed batch-1 encoder runs after one untimed warm-up run (default 5)")
+    parser.add_argument("--interleave", action="store_true",
+                        help="hold every row's model at once and time them in turns (--repeats rounds of one encoder "
+                             "run and a few clicks each, in rotating order), so a shared machine's changing load hits "
+                             "every row alike; ratios are then medians of per-round ratios")
     parser.add_argument("--budget", type=float, default=math.inf, metavar="SECONDS",
                         help="fewer timed runs (at least 2) once a model's have taken this long (default: no limit)")
     parser.add_argument("--batch", type=non_negative_int, default=8,
@@ -78,6 +83,7 @@ def run(args) -> None:
     settings = BenchSettings(device=args.device, dtypes=tuple(args.dtype), runtimes=tuple(args.runtime),
                              repeats=args.repeats, budget_s=args.budget,
                              batch=args.batch, decode_repeats=args.decode_repeats, compile=args.compile,
+                             interleave=args.interleave,
                              heap_kept=keep_freed_memory_in_heap())  # as the app serves clicks
     attentions = ATTENTIONS if args.attention == "both" else (args.attention,)
     reference = args.reference or ("sam-h" if "sam-h" in args.models else args.models[0])
