@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from transformers import SamModel, SamProcessor
 
+from slimsam.deploy.equivalence import summary_line
 from slimsam.deploy.onnx_export import ExportError, export_onnx
 from slimsam.evaluate.masks import mask_iou
 from slimsam.infer.onnx_runtime import (
@@ -381,10 +382,11 @@ def exported_ways(name: str, settings: BenchSettings, random_weights: bool, log:
     with tempfile.TemporaryDirectory(prefix="slimsam-bench-") as tmp:
         log(f"{name}: exporting to ONNX ({', '.join(variants)}) for onnxruntime...")
         try:
-            export_onnx(model, processor, Path(tmp) / "onnx", quantize=quantize, log_progress=log)
+            report = export_onnx(model, processor, Path(tmp) / "onnx", quantize=quantize, log_progress=log)
         except ExportError as error:
             log(f"{name}: no onnxruntime rows: {error}")
             return
+        log(f"{name}: exported; against PyTorch: {summary_line(report)}")
         del model
         # onnxruntime holds the graphs once a session is open, so an interleaved run may close the folder early
         yield from export_ways(name, Path(tmp) / "onnx", settings)

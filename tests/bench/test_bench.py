@@ -91,12 +91,15 @@ def test_a_model_is_exported_on_the_fly_for_onnxruntime(tiny_onnx_export, monkey
     def export(model, processor, folder, quantize, log_progress):
         exports.append(list(quantize))
         shutil.copytree(tiny_onnx_export[0], folder)
+        return json.loads((folder / "export_report.json").read_text())
 
     monkeypatch.setattr(bench, "export_onnx", export)
     settings = bench.BenchSettings(repeats=2, batch=0, decode_repeats=2, dtypes=("fp32", "int8"),
                                    runtimes=("pytorch", "onnxruntime"))
-    results = bench.benchmark_models(["tiny"], settings, random_weights=True, log=lambda message: None)
+    lines = []
+    results = bench.benchmark_models(["tiny"], settings, random_weights=True, log=lines.append)
     assert exports == [["none", "int8"]]
+    assert any(line.startswith("tiny: exported; against PyTorch: fp32: relative difference") for line in lines)
     assert [(r.runtime, r.dtype) for r in results] == [("pytorch", "fp32"), ("onnxruntime", "fp32"),
                                                         ("onnxruntime", "int8")]
     onnx_fp32 = results[1]
