@@ -51,6 +51,23 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_onnx_export(tiny_model_dir, tmp_path_factory):
+    """tiny_model_dir exported by `slimsam export --format onnx --quantize none int8` (about a minute): the folder
+    and what the command printed."""
+    import contextlib
+    import io
+
+    from slimsam.cli.main import main
+
+    folder = tmp_path_factory.mktemp("onnx") / "tiny-onnx"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert main(["export", str(tiny_model_dir), "--format", "onnx", "--quantize", "none", "int8",
+                     "--out", str(folder)]) == 0
+    return folder, stdout.getvalue()
+
+
+@pytest.fixture(scope="session")
 def photo_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("photos")
     for i, photo in enumerate(real_photos()):

@@ -1,8 +1,9 @@
 """The package layout is the architecture: sub-packages by concern, imports one way, the app without the training stack.
 
 Layers, each importing only its own and lower ones (README, "Layout"):
-    data, model  <-  infer  <-  evaluate  <-  pruning  <-  distill  <-  bench, teach, cli
-`import slimsam` and the app load neither torch-pruning, pycocotools nor matplotlib.
+    data, model  <-  infer  <-  evaluate  <-  pruning, deploy  <-  distill  <-  bench, teach, cli
+`import slimsam` and the app load neither torch-pruning, pycocotools nor matplotlib, nor onnx and onnxruntime
+(loaded only when an ONNX export is written or opened).
 """
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "slimsam"
-LAYERS = {"data": 0, "model": 0, "infer": 1, "evaluate": 2, "pruning": 3, "distill": 4, "bench": 5, "teach": 5,
-          "cli": 6}
-HEAVY = ("torch_pruning", "pycocotools", "matplotlib")
+LAYERS = {"data": 0, "model": 0, "infer": 1, "evaluate": 2, "pruning": 3, "deploy": 3, "distill": 4, "bench": 5,
+          "teach": 5, "cli": 6}
+HEAVY = ("torch_pruning", "pycocotools", "matplotlib", "onnx", "onnxruntime", "onnxscript")
 MAX_FUNCTION_LINES = 80
 
 

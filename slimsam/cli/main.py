@@ -13,13 +13,15 @@ from slimsam.cli import eval as eval_command
 from slimsam.cli.errors import CliError
 from slimsam.data.annotations import DatasetError
 from slimsam.data.images import ImageFolderError
+from slimsam.deploy.onnx_export import ExportError
+from slimsam.infer.onnx_runtime import NotAnExportError
 from slimsam.model.checkpoints import NotUniformError, WeightsNotFoundError
 
 SUBCOMMANDS = (prune, export, info, eval_command, distill, slim, bench)
 
 
 USER_ERRORS = (CliError, WeightsNotFoundError, FileNotFoundError, FileExistsError, ImageFolderError, DatasetError,
-               NotUniformError)
+               NotUniformError, ExportError, NotAnExportError)
 
 
 def main(argv: list[str] | None = None) -> int:

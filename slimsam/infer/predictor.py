@@ -7,6 +7,8 @@ Modelled on segment-anything's SamPredictor:
     masks, scores = predictor.predict(points=[[250, 300]], labels=[1])   # the decoder: milliseconds
 
 Coordinates are (x, y) pixels of the image given to `set_image`; masks come back at that image's size.
+The model runs on PyTorch, or on onnxruntime for an ONNX export (slimsam.infer.onnx_runtime): the same API,
+the same embedding cache.
 """
 from __future__ import annotations
 
@@ -25,11 +27,16 @@ from transformers import SamModel, SamProcessor
 
 from slimsam.data.images import shrink, to_rgb
 from slimsam.infer.fast_decoder import DecoderContext, fast_decode, prepare_decoder
+from slimsam.infer.onnx_runtime import OnnxSam, is_onnx_export, load_export
 from slimsam.model.checkpoints import default_device, load_model
 
 # The encoder sees 1024 px anyway; a bigger working copy only costs memory. Masks are computed at
 # most this size and enlarged (nearest neighbour, as booleans) for bigger images.
 MAX_WORKING_SIDE = 2048
+RUNTIMES = ("pytorch", "onnxruntime")
+# dtype names -> the weights' torch dtype (PyTorch) or the export's variant (onnxruntime)
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ONNX_DTYPES = ("fp32", "int8", "fp16")
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,9 @@ class ImageEmbedding:
     original_size: tuple[int, int]  # (H, W) of the image given to set_image
     working_size: tuple[int, int]  # (H, W) after shrinking to MAX_WORKING_SIDE (== original_size if smaller)
     input_size: tuple[int, int]  # (H, W) after resizing to the model's input size, before padding
-    decoder_context: DecoderContext  # the prompt-independent part of the mask decoder (fast_decoder)
+    # the prompt-independent part of the mask decoder: fast_decoder's, or with onnxruntime the (1, C, h, w)
+    # image-wide positional embeddings the encoder graph returns
+    decoder_context: DecoderContext | torch.Tensor
     encode_seconds: float  # how long the image encoder took to make `embedding` (cache hits reuse it)
 
 
@@ -94,13 +103,16 @@ class EmbeddingCache:
         return value, True
 
 
-def model_key(model: SamModel) -> str:
+def model_key(model: SamModel | OnnxSam) -> str:
     """What identifies a model's current weights in cache keys.
 
     Where it was loaded from (else the object itself), plus every parameter's storage and in-place
     modification count (tensor._version): a model pruned (new parameter tensors) or trained (in-place
     updates) under the same name never gets its former self's embeddings. Microseconds, even for SAM-H.
+    An ONNX export: its folder, variant and files (OnnxSam.cache_key).
     """
+    if isinstance(model, OnnxSam):
+        return model.cache_key
     name = getattr(model, "name_or_path", None) or model.config._name_or_path
     weights = hash(tuple((param.data_ptr(), param._version) for param in model.parameters()))
     return f"{name or f'in-memory-{id(model)}'}#{weights & 0xFFFFFFFFFFFF:012x}"
@@ -123,38 +135,58 @@ def as_rgb_image(image: Image.Image | np.ndarray) -> Image.Image:
 class SamPredictor:
     """One model, one current image, any number of prompts.
 
-    model, processor: a SamModel (any size, pruned ones included) and its SamProcessor.
+    model, processor: a SamModel (any size, pruned ones included), or an ONNX export on onnxruntime
+    (slimsam.infer.onnx_runtime.OnnxSam), and its SamProcessor.
     cache_size: how many image embeddings to keep (LRU); pass `cache=` instead to share one
     EmbeddingCache between predictors (its keys include the model).
     fast_decoder: decode clicks with `slimsam.infer.fast_decoder` (the same function as SamModel's decoder,
     about half the work: the prompt-independent part is computed once per image); False calls
-    SamModel itself, and is needed for nothing but comparisons.
+    SamModel itself, and is needed for nothing but comparisons (an OnnxSam decodes with its own graph).
     On CUDA the image encoder runs under float16 autocast (weights stay float32, so LayerNorms,
     softmax and the small mask decoder keep full precision); on CPU everything is float32.
     """
 
-    def __init__(self, model: SamModel, processor: SamProcessor, cache_size: int = 8,
+    def __init__(self, model: SamModel | OnnxSam, processor: SamProcessor, cache_size: int = 8,
                  cache: EmbeddingCache | None = None, fast_decoder: bool = True) -> None:
-        self.model = model.eval()
+        self.runtime = "onnxruntime" if isinstance(model, OnnxSam) else "pytorch"
+        self.model = model if self.runtime == "onnxruntime" else model.eval()
         self.processor = processor
         self.cache = cache if cache is not None else EmbeddingCache(cache_size)
-        self.fast_decoder = fast_decoder
+        self.fast_decoder = fast_decoder and self.runtime == "pytorch"
         self.current: ImageEmbedding | None = None
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return torch.device("cpu") if self.runtime == "onnxruntime" else next(self.model.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
-        """The weights' dtype: bf16/fp16 weights (load_model(dtype=...)) get their inputs cast to match."""
-        return next(self.model.parameters()).dtype
+        """The weights' dtype: bf16/fp16 weights (load_model(dtype=...)) get their inputs cast to match
+        (an ONNX export takes float32 whatever its variant)."""
+        return torch.float32 if self.runtime == "onnxruntime" else next(self.model.parameters()).dtype
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, device: str | torch.device | None = None,
-                        cache_size: int = 8) -> "SamPredictor":
-        """Load with `slimsam.load_model` (alias, Hub id or folder); device defaults to CUDA when available."""
-        model, processor = load_model(name_or_path, device=device or default_device())
+    def from_pretrained(cls, name_or_path: str, device: str | torch.device | None = None, cache_size: int = 8,
+                        runtime: str | None = None, dtype: str | None = None) -> "SamPredictor":
+        """Load a model: with `slimsam.load_model` (alias, Hub id or folder; device defaults to CUDA when
+        available), or an ONNX export folder on onnxruntime (CPU).
+
+        runtime: "pytorch" or "onnxruntime" (default: onnxruntime for an ONNX export folder, else pytorch;
+        onnxruntime for any other folder raises slimsam.infer.onnx_runtime.NotAnExportError).
+        dtype: PyTorch's weights "fp32" (default), "bf16" or "fp16"; with onnxruntime the export's variant,
+        "fp32", "int8" or "fp16" (default: fp32 if exported, else the first exported).
+        """
+        runtime = runtime or ("onnxruntime" if is_onnx_export(name_or_path) else "pytorch")
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        allowed = ONNX_DTYPES if runtime == "onnxruntime" else tuple(TORCH_DTYPES)
+        if dtype is not None and dtype not in allowed:
+            raise ValueError(f"dtype with {runtime} must be one of {', '.join(allowed)}, got {dtype!r}")
+        if runtime == "onnxruntime":
+            model, processor = load_export(name_or_path, dtype)
+        else:
+            model, processor = load_model(name_or_path, device=device or default_device(),
+                                          dtype=TORCH_DTYPES[dtype or "fp32"])
         return cls(model, processor, cache_size=cache_size)
 
     # ----------------------------------------------------------------------------------- encoding
@@ -189,15 +221,19 @@ class SamPredictor:
             start = time.perf_counter()  # the encoder's time only, as without image_id
             inputs = self.processor(images=working, return_tensors="pt")
             pixel_values = inputs["pixel_values"].to(self.device, self.dtype)
-            with torch.inference_mode(), torch.autocast("cuda", torch.float16, enabled=self.device.type == "cuda"):
-                # clone: a compiled encoder (CUDA graphs) reuses its output buffer on the next call
-                embedding = self.model.get_image_embeddings(pixel_values).float().clone()
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
+            if self.runtime == "onnxruntime":
+                embedding, context = self.model.encode(pixel_values)
+            else:
+                with torch.inference_mode(), torch.autocast("cuda", torch.float16,
+                                                            enabled=self.device.type == "cuda"):
+                    # clone: a compiled encoder (CUDA graphs) reuses its output buffer on the next call
+                    embedding = self.model.get_image_embeddings(pixel_values).float().clone()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                context = prepare_decoder(self.model, embedding)
             seconds = time.perf_counter() - start
             return ImageEmbedding(embedding, original_size, working.shape[:2],
-                                  tuple(int(v) for v in inputs["reshaped_input_sizes"][0]),
-                                  prepare_decoder(self.model, embedding), seconds)
+                                  tuple(int(v) for v in inputs["reshaped_input_sizes"][0]), context, seconds)
 
         self.current, _ = self.cache.get_or_compute(key, encode)
         return seconds
@@ -227,7 +263,10 @@ class SamPredictor:
             kwargs["input_labels"] = torch.as_tensor(labels, dtype=torch.long)[None].to(self.device)
         if boxes is not None:
             kwargs["input_boxes"] = (torch.as_tensor(boxes, dtype=torch.float32) * scale.repeat(2))[None].to(self.device)
-        if self.fast_decoder:
+        if self.runtime == "onnxruntime":
+            masks, scores = self.model.decode(current.embedding, current.decoder_context,
+                                              multimask_output=multimask_output, **kwargs)
+        elif self.fast_decoder:
             masks, scores = fast_decode(self.model, current.decoder_context, multimask_output=multimask_output,
                                         **kwargs)
         else:

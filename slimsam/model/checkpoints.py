@@ -2,8 +2,9 @@
 
 A *pruned folder* is a `save_pretrained` folder (config.json, model.safetensors, processor config)
 plus `slimsam.json`, which records every layer's dims and how the model was made. A uniformly
-pruned model is also a plain SamModel folder; `export_model` writes one without the extra file and
-refuses models a plain `SamConfig` cannot describe.
+pruned model is also a plain SamModel folder; `export_model` writes one without the extra file (and with
+the image processor in both files transformers has used: `processor_config.json` and the older
+`preprocessor_config.json`) and refuses models a plain `SamConfig` cannot describe.
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import torch
 from huggingface_hub import constants as hub_constants
 from safetensors.torch import load_file
 from transformers import SamConfig, SamModel, SamProcessor
+from transformers.utils import IMAGE_PROCESSOR_NAME
 
-from slimsam.data.files import write_folder_atomically
+from slimsam.data.files import write_folder_atomically, write_json_atomically
 from slimsam.model.compiled import compile_encoder
 from slimsam.model.configs import processor_for
 from slimsam.model.fast_attention import enable_fast_attention
@@ -167,12 +169,31 @@ def export_model(model: SamModel, processor: SamProcessor, folder: str | Path, o
             f"cannot export as a plain SamModel: it needs head_dim == hidden_size/heads "
             f"({dims.hidden_size}/{dims.num_heads}) and one MLP width in every layer, but the layers have "
             f"(head_dim, mlp_dim) in {widths[:4]}. Prune with --scope local (and finish step 2 after step 1), "
-            f"or keep this project's format and load it with slimsam.load_model.")
+            f"keep this project's format and load it with slimsam.load_model, or export it as ONNX "
+            f"(`slimsam export MODEL --format onnx`), whose graphs carry their own shapes.")
     sync_config(model)  # config.json must describe the weights' shapes for vanilla from_pretrained
     folder = Path(folder)
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
+        write_preprocessor_config(processor, tmp)
 
     return write_folder_atomically(folder, write, overwrite)
+
+
+def write_preprocessor_config(processor: SamProcessor, folder: str | Path) -> Path:
+    """Write the image processor as `preprocessor_config.json`, the file transformers 4 and transformers.js read.
+
+    transformers 5 saves a SamProcessor as processor_config.json only, which older readers do not know
+    (`OSError: ... does not appear to have a file named preprocessor_config.json`). The type is written as
+    "SamImageProcessor" (what every version and transformers.js look up; transformers 5's backends are
+    SamImageProcessorPil and a torchvision one) and processor_class names the SamProcessor around it.
+    """
+    config = processor.image_processor.to_dict()
+    config.pop("_processor_class", None)
+    config["image_processor_type"] = "SamImageProcessor"
+    config["processor_class"] = "SamProcessor"
+    path = Path(folder) / IMAGE_PROCESSOR_NAME
+    write_json_atomically(path, config)
+    return path

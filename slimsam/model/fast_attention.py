@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import SamModel
-from transformers.models.sam.modeling_sam import SamVisionAttention
+from transformers.models.sam.modeling_sam import SAM_VISION_ATTENTION_CLASSES, SamVisionAttention
 
 # Row chunks: bias elements per SDPA call (16 MB in fp32): measured fastest of 16 MB to 512 MB on a
 # 2-core CPU (SlimSAM-77: 1.35 s against 1.47 s at 128 MB). Below glibc's largest mmap threshold (32 MB),
@@ -150,3 +150,27 @@ def enable_fast_attention(model: SamModel, fold: bool | None = None) -> int:
             layer.attn = FastVisionAttention(layer.attn, fold)
             replaced += 1
     return replaced
+
+
+def restore_stock_attention(model: SamModel) -> int:
+    """Swap every FastVisionAttention back for the attention class of transformers the config names, in place;
+    returns how many. The inverse of enable_fast_attention, over the very same parameters.
+
+    For code that must trace the model: the row chunks are a Python loop over a batch-dependent number of
+    chunks, so torch.onnx exports them only at one fixed batch (and silently so), and slowly.
+    """
+    stock_class = SAM_VISION_ATTENTION_CLASSES[model.config.vision_config._attn_implementation or "sdpa"]
+    restored = 0
+    for layer in model.vision_encoder.layers:
+        fast = layer.attn
+        if isinstance(fast, FastVisionAttention):
+            stock = stock_class.__new__(stock_class)
+            nn.Module.__init__(stock)
+            stock.num_attention_heads, stock.scale, stock.dropout = fast.num_attention_heads, fast.scale, fast.dropout
+            stock.qkv, stock.proj, stock.use_rel_pos = fast.qkv, fast.proj, fast.use_rel_pos
+            if fast.use_rel_pos:
+                stock.rel_pos_h, stock.rel_pos_w = fast.rel_pos_h, fast.rel_pos_w
+            stock.train(fast.training)
+            layer.attn = stock
+            restored += 1
+    return restored

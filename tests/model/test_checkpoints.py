@@ -1,12 +1,13 @@
 """Loading, saving and export: exact round trips, vanilla transformers compatibility, clear failures."""
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 import torch
 from PIL import Image
-from transformers import SamModel
+from transformers import SamImageProcessor, SamModel
 
 from slimsam import (
     NotUniformError,
@@ -73,6 +74,19 @@ def test_export_loads_in_vanilla_transformers_with_same_outputs(tiny_model, imag
     assert vanilla.config.vision_config.hidden_size == 24 and vanilla.config.vision_config.mlp_dim == 48
     for a, b in zip(full_forward(vanilla, processor, image), full_forward(tiny_model, processor, image)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_export_writes_the_processor_in_the_older_layout_too(tiny_model, tmp_path):
+    """transformers 4 reads preprocessor_config.json only; that file alone must give the same image processor."""
+    processor = processor_for(tiny_model.config)
+    export_model(tiny_model, processor, tmp_path / "hf")
+    assert (tmp_path / "hf" / "processor_config.json").is_file()  # transformers 5's file stays
+    path = tmp_path / "hf" / "preprocessor_config.json"
+    saved = json.loads(path.read_text())
+    assert saved["processor_class"] == "SamProcessor" and saved["image_processor_type"] == "SamImageProcessor"
+    for image_processor in (SamImageProcessor.from_json_file(path), SamImageProcessor.from_dict(saved)):
+        for key in ("size", "pad_size", "mask_size", "image_mean", "image_std", "rescale_factor", "do_pad", "resample"):
+            assert getattr(image_processor, key) == getattr(processor.image_processor, key), key
 
 
 @pytest.mark.parametrize("scope", ["step1-only", "global"])

@@ -11,7 +11,7 @@ from transformers.models.sam.modeling_sam import SamVisionSdpaAttention
 
 import slimsam
 from slimsam.model import fast_attention
-from slimsam.model.fast_attention import FastVisionAttention, enable_fast_attention
+from slimsam.model.fast_attention import FastVisionAttention, enable_fast_attention, restore_stock_attention
 
 TOLERANCE = 1e-4  # relative to the largest output value
 
@@ -79,6 +79,22 @@ def test_swap_keeps_parameters_and_is_idempotent():
     after = model.state_dict()
     assert list(after) == list(before)
     assert all(after[name] is before[name] or after[name].data_ptr() == before[name].data_ptr() for name in before)
+
+
+@pytest.mark.parametrize("name", ["plain", "global step 2"])
+def test_restore_stock_attention_undoes_the_swap_over_the_same_parameters(name):
+    stock = pruned_models()[name]
+    model = copy.deepcopy(stock)
+    before = model.state_dict()
+    enable_fast_attention(model)
+    assert restore_stock_attention(model) == len(model.vision_encoder.layers)
+    assert restore_stock_attention(model) == 0
+    assert {type(layer.attn) for layer in model.vision_encoder.layers} == {SamVisionSdpaAttention}
+    assert all(model.state_dict()[key].data_ptr() == tensor.data_ptr() for key, tensor in before.items())
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        torch.testing.assert_close(model.vision_encoder(pixels).last_hidden_state,
+                                   stock.vision_encoder(pixels).last_hidden_state, rtol=0, atol=0)
 
 
 def test_load_model_fast_by_default(tiny_model_dir):
