@@ -18,7 +18,8 @@ Two smaller ones: the final attention runs only for the tokens whose outputs are
 and the chosen mask tokens), and the upscaling transposed convolutions run as matrix products on
 channel-last pixels, put in place once on the few mask channels (`upscaled_masks`).
 What is left per click is about 0.8 GMAC, half of it the upscaling, which depends on the prompt
-through the image tokens. Mask prompts (dense embeddings other than "no mask"),
+through the image tokens. Segment-everything keeps only masks with a high predicted IoU, which the IoU
+head gives before any upscaling: `fast_decode_confident` upscales only those prompts. Mask prompts (dense embeddings other than "no mask"),
 `attention_similarity` and `target_embedding` are not supported here: use the stock SamModel call.
 """
 from __future__ import annotations
@@ -167,15 +168,13 @@ def upscaled_masks(decoder, image: torch.Tensor, hyper_in: torch.Tensor, size: t
     return masks.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(prompts, masks_count, 4 * height, 4 * width)
 
 
-@torch.inference_mode()
-def fast_decode(model: SamModel, context: DecoderContext, input_points: torch.Tensor | None = None,
-                input_labels: torch.Tensor | None = None, input_boxes: torch.Tensor | None = None,
-                multimask_output: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """SamModel's masks and IoU predictions for prompts on the image of `context`.
+def _decode_tokens(model: SamModel, context: DecoderContext, input_points: torch.Tensor | None,
+                   input_labels: torch.Tensor | None, input_boxes: torch.Tensor | None,
+                   multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Everything of the decoder but the upscaling: the two-way transformer, the final attention, the heads.
 
-    Same prompt arguments as `SamModel.forward` for one image: input_points (1, P, n, 2) and
-    input_labels (1, P, n) in model-input pixels, input_boxes (1, P, 4). Returns pred_masks
-    (1, P, K, 256, 256) logits and iou_scores (1, P, K), K = 3 if multimask_output else 1.
+    Returns the image tokens after the transformer (P, N, C), the chosen masks' hypernetwork weights
+    (P, K, C/8) and their predicted IoUs (P, K), K = 3 if multimask_output else 1.
     """
     decoder = model.mask_decoder
     sparse, _ = model.prompt_encoder(input_points, input_labels, input_boxes, None)
@@ -210,7 +209,48 @@ def fast_decode(model: SamModel, context: DecoderContext, input_points: torch.Te
         transformer.final_attn_token_to_image, queries + token_positions, keys + context.positions, keys))
     hyper_in = torch.stack([decoder.output_hypernetworks_mlps[i](queries[:, 1 + j]) for j, i in enumerate(chosen)],
                            dim=1)
-    masks = upscaled_masks(decoder, keys, hyper_in, context.size)
     iou = decoder.iou_prediction_head(queries[:, 0])
     iou = iou[:, 1:] if multimask_output else iou[:, :1]
+    return keys, hyper_in, iou
+
+
+@torch.inference_mode()
+def fast_decode(model: SamModel, context: DecoderContext, input_points: torch.Tensor | None = None,
+                input_labels: torch.Tensor | None = None, input_boxes: torch.Tensor | None = None,
+                multimask_output: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """SamModel's masks and IoU predictions for prompts on the image of `context`.
+
+    Same prompt arguments as `SamModel.forward` for one image: input_points (1, P, n, 2) and
+    input_labels (1, P, n) in model-input pixels, input_boxes (1, P, 4). Returns pred_masks
+    (1, P, K, 256, 256) logits and iou_scores (1, P, K), K = 3 if multimask_output else 1.
+    """
+    keys, hyper_in, iou = _decode_tokens(model, context, input_points, input_labels, input_boxes, multimask_output)
+    masks = upscaled_masks(model.mask_decoder, keys, hyper_in, context.size)
     return masks[None], iou[None]
+
+
+@torch.inference_mode()
+def fast_decode_confident(model: SamModel, context: DecoderContext, input_points: torch.Tensor | None = None,
+                          input_labels: torch.Tensor | None = None, input_boxes: torch.Tensor | None = None,
+                          min_score: float = 0.0, upscale_batch: int = 16
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The multimask outputs of `fast_decode` whose predicted IoU exceeds `min_score`, and only those.
+
+    The IoU head does not need the masks, so the upscaling (half of a click's work) runs only for the
+    prompts with at least one confident mask, `upscale_batch` prompts at a time (each needs
+    (N, 4, C/4) + (N, 4, 4, C/8) floats: 6 MB for SAM). Same prompt arguments as fast_decode.
+    Returns logits (M, 256, 256), predicted IoUs (M,) and each mask's (prompt, candidate) index (M, 2),
+    in prompt order; the same values as fast_decode's masks at those indices.
+    """
+    keys, hyper_in, iou = _decode_tokens(model, context, input_points, input_labels, input_boxes, True)
+    index = torch.nonzero(iou > min_score)  # (M, 2), rows in prompt order
+    confident = torch.unique(index[:, 0])
+    masks = []
+    for start in range(0, len(confident), upscale_batch):
+        chosen = confident[start:start + upscale_batch]
+        upscaled = upscaled_masks(model.mask_decoder, keys[chosen], hyper_in[chosen], context.size)
+        rows = index[(index[:, 0] >= chosen[0]) & (index[:, 0] <= chosen[-1])]
+        masks.append(upscaled[torch.searchsorted(chosen, rows[:, 0].contiguous()), rows[:, 1]])
+    height, width = context.size
+    logits = torch.cat(masks) if masks else iou.new_zeros(0, 4 * height, 4 * width)
+    return logits, iou[index[:, 0], index[:, 1]], index
