@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 from demo.models import DEFAULT_LEFT, DEFAULT_RIGHT, STANDARD_MODELS, ModelStore, menu_with
-from demo.ui import build_app
+from demo.ui import CSS, build_app
 from slimsam.infer.heap import keep_freed_memory_in_heap
 
 
@@ -28,8 +29,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    keep_freed_memory_in_heap()  # clicks allocate MB-sized tensors: reuse them instead of faulting pages in
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("demo").setLevel(logging.INFO)  # the app's own notes (e.g. a session released)
+    # Clicks allocate MB-sized tensors and segment-everything's batches ~270 MB ones: reuse them instead of
+    # faulting pages in afresh (the handlers give the heap back after segment-everything and huge photos).
+    keep_freed_memory_in_heap(large_blocks=True)
     left, menu = menu_with(args.left, STANDARD_MODELS)
     right, menu = menu_with(args.right, menu)
     app = build_app(ModelStore(menu), left, right)
-    app.queue(default_concurrency_limit=2).launch(server_name=args.host, server_port=args.port, share=args.share)
+    app.queue(default_concurrency_limit=2).launch(server_name=args.host, server_port=args.port, share=args.share,
+                                                  css=CSS)

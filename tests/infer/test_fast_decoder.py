@@ -116,5 +116,5 @@ def test_confident_decode_gives_exactly_the_masks_above_the_threshold(make_model
     assert 0 < len(expected) < 60 and torch.equal(index, expected)
     assert_close_relative(kept_scores, scores[0][expected[:, 0], expected[:, 1]])
     assert_close_relative(logits, masks[0][expected[:, 0], expected[:, 1]])
-    none, none_scores, none_index = fast_decode_confident(model, context, min_score=scores.max().item(), **prompt)
+    none, none_scores, none_index = fast_decode_confident(model, context, min_score=scores.max().item() + 1, **prompt)
     assert none.shape == (0, 4 * grid, 4 * grid) and none_scores.shape == (0,) and none_index.shape == (0, 2)
