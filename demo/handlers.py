@@ -119,7 +119,7 @@ def use_photo(session: Session, photo: Photo, prompts: Prompts | None = None) ->
 
 def status_line(session: Session) -> str:
     """The line above the panes: the last action's problem (until the next action), the photo, the prompts."""
-    problem = f"⚠️ **{session.problem}**  \n" if session.problem else ""
+    problem = f"⚠️ **{session.problem}**\n\n" if session.problem else ""  # its own line (paragraph)
     if session.image is None:
         return problem + "Upload a photo or pick an example, then click on an object in either pane."
     height, width = session.image.shape[:2]

@@ -91,11 +91,16 @@ class Prompts:
         return ", ".join(parts) or "no prompts"
 
 
+def shown(*values: float) -> str:
+    """Coordinates for a message: "(281, 326.5)", to a tenth of a pixel."""
+    return f"({', '.join(f'{round(v, 1):g}' for v in values)})"
+
+
 def check_inside(x: float, y: float, size: tuple[int, int]) -> None:
     """Raise PromptError unless pixel (x, y) lies inside an image of `size` (H, W)."""
     height, width = size
     if not (0 <= x < width and 0 <= y < height):
-        raise PromptError(f"point ({x:g}, {y:g}) is outside the {width}x{height} image")
+        raise PromptError(f"point {shown(x, y)} is outside the {width}x{height} image")
 
 
 def clipped_box(corners, size: tuple[int, int]) -> tuple[tuple[float, float, float, float], list[str]]:
@@ -109,11 +114,9 @@ def clipped_box(corners, size: tuple[int, int]) -> tuple[tuple[float, float, flo
     inside = (min(max(x1, 0), width), min(max(y1, 0), height), min(max(x2, 0), width), min(max(y2, 0), height))
     if inside[2] - inside[0] < 1 or inside[3] - inside[1] < 1:
         where = "has zero area" if (x2 - x1 < 1 or y2 - y1 < 1) else f"lies outside the {width}x{height} image"
-        raise PromptError(f"the box ({', '.join(f'{v:g}' for v in given)}) {where}: give two opposite corners "
-                          f"inside the image")
+        raise PromptError(f"the box {shown(*given)} {where}: give two opposite corners inside the image")
     if inside != (x1, y1, x2, y2):
-        notes.append(f"the box reached outside the {width}x{height} image: clipped to "
-                     f"({', '.join(f'{v:g}' for v in inside)})")
+        notes.append(f"the box reached outside the {width}x{height} image: clipped to {shown(*inside)}")
     return inside, notes
 
 

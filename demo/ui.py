@@ -28,10 +28,14 @@ SESSION_TTL = 600  # s: an API client's session is released this long after its 
 # launch(css=...): demo.cli passes it).
 CSS = """
 .gradio-container { padding-top: 4px !important; padding-bottom: 4px !important; }
-#header { align-items: baseline; gap: 12px; }
+#header { align-items: baseline; gap: 16px; flex-wrap: nowrap !important; }
 #title h2 { margin: 0 !important; font-size: 1.15rem; white-space: nowrap; }
 #notice, #status { font-size: 0.8rem; }
 #notice p, #status p { margin: 0 !important; }
+#status { height: 3.1em; overflow: hidden; flex: 1 1 auto !important; }  /* fixed: a message never moves the panes */
+#status p { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; line-height: 1.45 !important; }
+#header > * { min-width: 0 !important; }
+#title { flex: 0 0 auto !important; width: auto !important; }
 #bar { gap: 8px; align-items: center; flex-wrap: nowrap; }
 #upload { flex: 0 0 auto !important; }
 #examples { flex: 0 0 236px !important; width: 236px; overflow: hidden; }
