@@ -1,16 +1,19 @@
 """What a user of the comparison app waits for: segment-everything, and a click until both masks show.
 
-    python benchmarks/app_latency.py --app-root /path/to/checkout [--app-root another] --out DIR
+    python benchmarks/app_latency.py --app-root OLD_CHECKOUT --app-root NEW_CHECKOUT --out DIR
 
-For each checkout (e.g. an older commit in a git worktree, and this one), in one run so that the ratios
-share the machine and its load:
+Every checkout given (e.g. an older commit's `git archive` and this working tree) is measured in one run,
+its samples interleaved with the others' (A, B, A, B, ...), so that the ratios share the machine and its
+load, which on a shared 2-core VM drifts by a third within minutes:
   1. segment-everything in-process: `MaskGenerator(predictor, **demo.handlers.EVERYTHING_OPTIONS).generate()`
-     on a SlimSAM-77-sized model (random weights) and the first example photo, the embedding cached; once with
-     the app's thresholds and once with every mask kept (thresholds off: the most upscaling work there can be);
-  2. the page in headless Chromium (Debian's chromium + chromedriver, via Selenium): `python app.py` with a
-     SlimSAM-77-sized random model in each pane; pick the first example, then click at random spots on the
-     photo and time each click, from the browser's click event to both panes' new images having loaded
-     (their `load` events); then "Segment everything", from the click to both panes' texts reporting masks.
+     on a SlimSAM-77-sized model (random weights) and the first example photo, the embedding cached, in a
+     fresh process per sample set up as that checkout's app.py sets itself up (slimsam.infer.heap); once with
+     the app's thresholds and once with every mask kept (thresholds off: the most upscaling there can be);
+  2. the page in headless Chromium (Debian's chromium + chromedriver, via Selenium), one `python app.py` per
+     checkout running side by side with a SlimSAM-77-sized random model in each pane: pick the first example,
+     then click at random spots (the same spots for every checkout) and time each click, from the browser's
+     click event to both panes' new images having loaded (their `load` events); then "Segment everything",
+     from the click to both panes' texts reporting masks.
 
 The models are real-size architectures with random weights (slimsam.model.random_weights), saved once with
 save_pretrained into --models (default /tmp/slimsam-app-bench-models). Prints a markdown table and writes
@@ -37,8 +40,13 @@ EVERYTHING_SCRIPT = textwrap.dedent("""
     from slimsam import SamPredictor, load_model
     from slimsam.data.samples import sample_photos
     from slimsam.infer.everything import MaskGenerator
-    from slimsam.infer.heap import keep_freed_memory_in_heap
-    keep_freed_memory_in_heap()
+    from slimsam.infer import heap
+    # as this checkout's app.py does (newer ones also serve large blocks from the heap)
+    import inspect
+    if "large_blocks" in inspect.signature(heap.keep_freed_memory_in_heap).parameters:
+        heap.keep_freed_memory_in_heap(large_blocks=True)
+    else:
+        heap.keep_freed_memory_in_heap()
     torch.set_num_threads(int(sys.argv[3]))
     model, processor = load_model(sys.argv[1])
     predictor = SamPredictor(model, processor)
@@ -128,63 +136,68 @@ def browser(width: int, height: int):
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
 
 
-def page_figures(url: str, clicks: int, warmup: int, width: int, height: int, seed: int) -> dict:
-    """Click-to-both-masks times (ms) and segment-everything time (s) in the page."""
-    import random
+class Page:
+    """One checkout's app in its own headless Chromium tab, the first example photo picked and encoded."""
 
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    driver = browser(width, height)
-    try:
-        driver.get(url)
-        wait = WebDriverWait(driver, 300)
-
-        def pane_texts():
-            return [driver.find_element(By.ID, f"{side}-text").text for side in ("left", "right")]
-
-        wait.until(lambda _: driver.find_elements(By.CSS_SELECTOR, "#examples button.thumbnail-item"))
-        driver.find_elements(By.CSS_SELECTOR, "#examples button.thumbnail-item")[0].click()
-        wait.until(lambda _: all("encode" in text for text in pane_texts()))
+    def __init__(self, url: str, width: int, height: int) -> None:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+        self.driver = browser(width, height)
+        self.driver.get(url)
+        wait = WebDriverWait(self.driver, 300)
+        wait.until(lambda _: self.driver.find_elements(By.CSS_SELECTOR, "#examples button.thumbnail-item"))
+        self.driver.find_elements(By.CSS_SELECTOR, "#examples button.thumbnail-item")[0].click()
+        wait.until(lambda _: all("encode" in text for text in self.pane_texts()))
         # Older pages take clicks on a separate photo, newer ones on the panes themselves.
-        targets = driver.find_elements(By.CSS_SELECTOR, "#photo img") or \
-            driver.find_elements(By.CSS_SELECTOR, "#left-overlay img")
-        target = targets[0]
-        rng = random.Random(seed)
-        times = []
-        for index in range(warmup + clicks):
-            driver.execute_script(WATCH_SCRIPT)
-            box = target.size
-            dx = rng.uniform(-0.4, 0.4) * box["width"]
-            dy = rng.uniform(-0.4, 0.4) * box["height"]
-            ActionChains(driver).move_to_element_with_offset(target, int(dx), int(dy)).click().perform()
-            WebDriverWait(driver, 60, poll_frequency=0.02).until(
-                lambda _: driver.execute_script("return Object.keys(window.__bench.loads).length") == 2)
-            bench = driver.execute_script("return window.__bench")
-            if index >= warmup:
-                times.append(max(bench["loads"].values()) - bench["click"])
-            time.sleep(0.3)  # let the follow-up events (agreement line) finish
-        button = next(b for b in driver.find_elements(By.TAG_NAME, "button")
-                      if "everything" in b.text.lower())
+        self.target = (self.driver.find_elements(By.CSS_SELECTOR, "#photo img") or
+                       self.driver.find_elements(By.CSS_SELECTOR, "#left-overlay img"))[0]
+
+    def pane_texts(self) -> list[str]:
+        from selenium.webdriver.common.by import By
+        return [self.driver.find_element(By.ID, f"{side}-text").text for side in ("left", "right")]
+
+    def click_ms(self, dx: float, dy: float) -> float:
+        """Click at (dx, dy) of the photo's size from its centre; ms until both panes' new images have loaded."""
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.support.ui import WebDriverWait
+        self.driver.execute_script(WATCH_SCRIPT)
+        box = self.target.size
+        ActionChains(self.driver).move_to_element_with_offset(
+            self.target, int(dx * box["width"]), int(dy * box["height"])).click().perform()
+        WebDriverWait(self.driver, 120, poll_frequency=0.02).until(
+            lambda _: self.driver.execute_script("return Object.keys(window.__bench.loads).length") == 2)
+        bench = self.driver.execute_script("return window.__bench")
+        time.sleep(0.5)  # let the follow-up events (downloads, agreement line) finish
+        return max(bench["loads"].values()) - bench["click"]
+
+    def everything_s(self) -> float:
+        """Seconds from a click on "Segment everything" until both panes report their masks."""
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+        button = next(b for b in self.driver.find_elements(By.TAG_NAME, "button") if "everything" in b.text.lower())
         start = time.perf_counter()
         button.click()
-        WebDriverWait(driver, 600, poll_frequency=0.05).until(
-            lambda _: all(" masks" in text for text in pane_texts()))
-        everything = time.perf_counter() - start
-    finally:
-        driver.quit()
-    return {"click_ms": times, "click_median_ms": statistics.median(times), "everything_page_s": everything}
+        WebDriverWait(self.driver, 900, poll_frequency=0.05).until(
+            lambda _: all(" masks" in text for text in self.pane_texts()))
+        return time.perf_counter() - start
+
+
+def checkout_name(root: Path) -> str:
+    commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    return f"{root.name}@{commit}" if commit else root.name
 
 
 def main() -> None:
+    import random
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--app-root", type=Path, action="append", required=True,
                         help="a checkout of this repository whose app.py to measure (repeatable)")
     parser.add_argument("--models", type=Path, default=Path("/tmp/slimsam-app-bench-models"))
     parser.add_argument("--clicks", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3, help="in-process segment-everything runs")
+    parser.add_argument("--repeats", type=int, default=3, help="in-process segment-everything runs per checkout")
+    parser.add_argument("--everything-in-page", type=int, default=1, help="segment-everything runs in the page")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--window", default="1280x800", help="browser window WxH")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/app"))
@@ -192,30 +205,48 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     left, right = make_models(args.models)
     width, height = (int(v) for v in args.window.split("x"))
-    results = {}
-    for root in args.app_root:
-        root = root.resolve()
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True).stdout.strip()
-        name = f"{root.name}@{commit}"
-        print(f"## {name}", flush=True)
-        figures = {"everything_in_process": everything_in_process(root, left, args.repeats, args.threads)}
-        print(json.dumps(figures), flush=True)
-        server, url = start_app(root, left, right, args.out / f"server-{root.name}.log")
-        try:
-            figures["page"] = page_figures(url, args.clicks, args.warmup, width, height, seed=0)
-        finally:
+    roots = [root.resolve() for root in args.app_root]
+    names = [checkout_name(root) for root in roots]
+    results = {name: {"everything_in_process": {}, "click_ms": [], "everything_page_s": []} for name in names}
+    for round_ in range(args.repeats):
+        for root, name in zip(roots, names):
+            for setting, figures in everything_in_process(root, left, 1, args.threads).items():
+                results[name]["everything_in_process"].setdefault(setting, []).extend(figures["seconds"])
+            print(f"everything in-process, round {round_ + 1}, {name}: "
+                  f"{json.dumps(results[name]['everything_in_process'])}", flush=True)
+    servers, pages = [], []
+    try:
+        for root in roots:
+            servers.append(start_app(root, left, right, args.out / f"server-{root.name}.log"))
+        pages = [Page(url, width, height) for _, url in servers]
+        rng = random.Random(0)
+        for index in range(args.warmup + args.clicks):
+            dx, dy = rng.uniform(-0.4, 0.4), rng.uniform(-0.4, 0.4)
+            for name, page in zip(names, pages):  # the same spot, one checkout after the other
+                milliseconds = page.click_ms(dx, dy)
+                if index >= args.warmup:
+                    results[name]["click_ms"].append(milliseconds)
+        for _ in range(args.everything_in_page):
+            for name, page in zip(names, pages):
+                results[name]["everything_page_s"].append(page.everything_s())
+    finally:
+        for page in pages:
+            page.driver.quit()
+        for server, _ in servers:
             server.terminate()
             server.wait(timeout=30)
-        print(json.dumps(figures["page"]), flush=True)
-        results[name] = figures
     (args.out / "app_latency.json").write_text(json.dumps(results, indent=2))
-    print("\n| checkout | everything, app thresholds (s) | everything, every mask kept (s) | click to both masks, "
-          "median (ms) | everything in the page, both panes (s) |\n|---|---|---|---|---|")
+    print("\n| checkout | everything, app thresholds (s, median) | everything, every mask kept (s, median) | "
+          "click to both masks (ms, median; min-max) | everything in the page, both panes (s) |\n|---|---|---|---|---|")
+    def median(values: list[float], digits: int) -> str:
+        return f"{statistics.median(values):.{digits}f}" if values else "-"
+
     for name, figures in results.items():
-        process, page = figures["everything_in_process"], figures["page"]
-        print(f"| {name} | {process['app thresholds']['median_s']:.2f} | {process['every mask kept']['median_s']:.2f} "
-              f"| {page['click_median_ms']:.0f} | {page['everything_page_s']:.1f} |")
+        process, clicks = figures["everything_in_process"], figures["click_ms"]
+        spread = f" ({min(clicks):.0f}-{max(clicks):.0f})" if clicks else ""
+        print(f"| {name} | {median(process.get('app thresholds', []), 2)} | "
+              f"{median(process.get('every mask kept', []), 2)} | {median(clicks, 0)}{spread} | "
+              f"{', '.join(f'{s:.1f}' for s in figures['everything_page_s'])} |")
 
 
 if __name__ == "__main__":

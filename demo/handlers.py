@@ -278,8 +278,8 @@ def show_pane(side: str, session: Session):
         return None, no_candidates(), ""
     result = session.results.get(side)
     if result is None or result.image_id != session.image_id:
-        return render.pane_picture(session.image, session.prompts), no_candidates(), ""
-    picture = render.pane_picture(session.image, session.prompts, mask=result.mask, label_map=result.label_map)
+        return render.pane_picture(session.backdrop(), session.prompts), no_candidates(), ""
+    picture = render.pane_picture(session.backdrop(), session.prompts, mask=result.mask, label_map=result.label_map)
     candidates = no_candidates()
     if result.masks is not None and len(result.masks) > 1:
         candidates = gr.update(choices=[(f"#{i + 1} · IoU {score:.3f}", i) for i, score in enumerate(result.scores)],
@@ -293,7 +293,7 @@ def pane_text(result: PaneResult) -> str:
     if result.error:
         details = f"<details><summary>details</summary>\n\n{result.error_details}\n\n</details>" \
             if result.error_details else ""
-        return f"**{result.model}** · ⚠️ {result.error}\n{details}"
+        return f"⚠️ {result.error}\n{details}"
     encode = f"encode {result.encode_seconds:.2f} s" + (" (cached)" if result.encode_cached else "")
     decode = f" · decode {result.decode_seconds:.3f} s" if result.decode_seconds is not None else ""
     first = f"{result.parameters / 1e6:.1f} M parameters · {encode}{decode}"
@@ -413,11 +413,11 @@ def segment(ctx: AppContext, path: str | None, points_json: str, box_json: str, 
                         "working_width": width, "working_height": height}, "notes": notes}
     pictures = []
     report_to = progress if progress is not None else no_progress
+    full_size = render.backdrop(photo.image, shown=photo.image.shape[:2])  # overlays at the working size
     for side in SIDES:
         label = session.models.get(side, ctx.defaults[side])
         result = session.results[side] = safe_compute_pane(ctx, label, multimask, session, report_to)
-        pictures.append(None if result.error else render.pane_picture(
-            photo.image, session.prompts, mask=result.mask, shown=photo.image.shape[:2]))
+        pictures.append(None if result.error else render.pane_picture(full_size, session.prompts, mask=result.mask))
         report[side] = pane_summary(result)
     report["iou_between_panes"] = panes_iou(session)
     return pictures[0], pictures[1], report, session

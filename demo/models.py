@@ -117,7 +117,7 @@ def load_error(label: str, source: str, error: Exception) -> ModelLoadError:
         summary = f"{label} cannot be loaded from its folder."
         where = f"Folder: `{model_id}`."
     else:
-        summary = f"{label} is not available here: its weights are not downloaded."
+        summary = f"{label} is not available here (weights not downloaded)."
         where = (f"Hub id: `{model_id}`. Looked for in the Hugging Face cache: `{hub_constants.HF_HUB_CACHE}` "
                  f"(HF_HUB_OFFLINE={int(bool(hub_constants.HF_HUB_OFFLINE))}). Download with `hf download {model_id}`.")
     details = (f"{where} Or start the app with `--left FOLDER` or `--right FOLDER` (a `save_pretrained` folder). "

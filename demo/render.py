@@ -8,6 +8,7 @@ on screen, and a click's display pixel maps back to the photo by one scale facto
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +39,33 @@ def to_image(x: float, y: float, shown: tuple[int, int], size: tuple[int, int]) 
     return x, y
 
 
-def _resized_indices(size: tuple[int, int], shown: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest-neighbour rows and columns of a (H, W) array that make it (h, w)."""
+@dataclass(frozen=True)
+class Backdrop:
+    """One photo as the panes show it, made once per photo: every click then only blends a mask over it.
+
+    base: (h, w, 3) uint8, the photo at display size; tinted: the same, half MASK_COLOUR; rows (h, 1) and
+    cols (1, w): the photo's pixels each display pixel shows (nearest), to bring (H, W) masks to (h, w).
+    """
+
+    size: tuple[int, int]  # (H, W) of the photo
+    base: np.ndarray
+    tinted: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+
+
+def backdrop(image: np.ndarray, shown: tuple[int, int] | None = None) -> Backdrop:
+    """The (H, W, 3) photo at display size (or at `shown` (h, w)): smooth when reducing, crisp when enlarging."""
+    size = image.shape[:2]
+    shown = shown or display_size(size)
+    if shown == size:
+        base = image
+    else:
+        resample = Image.Resampling.BILINEAR if shown[0] < size[0] else Image.Resampling.NEAREST
+        base = np.asarray(Image.fromarray(image).resize(shown[::-1], resample))
+    tinted = ((base.astype(np.uint16) + MASK_COLOUR) // 2).astype(np.uint8)
     (height, width), (h, w) = size, shown
-    return (np.arange(h) * height // h)[:, None], (np.arange(w) * width // w)[None, :]
+    return Backdrop(size, base, tinted, (np.arange(h) * height // h)[:, None], (np.arange(w) * width // w)[None, :])
 
 
 def outline(mask: np.ndarray) -> np.ndarray:
@@ -51,38 +75,27 @@ def outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~interior
 
 
-def _tint(picture: np.ndarray, where: np.ndarray, colours: np.ndarray) -> None:
-    """Blend `colours` ((M, 3) or (3,)) half into `picture` at the pixels `where`, in place (integer maths)."""
-    picture[where] = ((picture[where].astype(np.uint16) + colours) // 2).astype(np.uint8)
-
-
-def pane_picture(image: np.ndarray, prompts: Prompts, mask: np.ndarray | None = None,
-                 label_map: np.ndarray | None = None, shown: tuple[int, int] | None = None) -> np.ndarray:
-    """What a pane shows: the (H, W, 3) photo at display size (or at `shown` (h, w)), tinted by an (H, W) bool
-    mask or an (H, W) uint8 label map (0 = none, i = the i-th mask, one colour each), outlined, with the
-    prompts drawn on top."""
-    size = image.shape[:2]
-    shown = shown or display_size(size)
-    rows, cols = _resized_indices(size, shown)
-    if shown == size:
-        picture = image.copy()
-    else:  # smooth when reducing, crisp pixels when enlarging a small photo
-        resample = Image.Resampling.BILINEAR if shown[0] < size[0] else Image.Resampling.NEAREST
-        picture = np.asarray(Image.fromarray(image).resize(shown[::-1], resample)).copy()
+def pane_picture(photo: Backdrop, prompts: Prompts, mask: np.ndarray | None = None,
+                 label_map: np.ndarray | None = None) -> np.ndarray:
+    """What a pane shows: the photo's backdrop tinted by an (H, W) bool mask or an (H, W) uint8 label map
+    (0 = none, i = the i-th mask, one colour each), outlined, with the prompts drawn on top."""
     if mask is not None:
-        small = mask[rows, cols]
-        _tint(picture, small, MASK_COLOUR)
+        small = mask[photo.rows, photo.cols]
+        picture = np.where(small[..., None], photo.tinted, photo.base)
         picture[outline(small)] = 255
     elif label_map is not None:
-        labels = label_map[rows, cols]
+        labels = label_map[photo.rows, photo.cols]
         palette = np.random.default_rng(0).integers(40, 256, (int(labels.max()) + 1, 3)).astype(np.uint16)
+        palette[0] = 0
         masked = labels > 0
-        _tint(picture, masked, palette[labels[masked]])
+        picture = np.where(masked[..., None], ((photo.base + palette[labels]) // 2).astype(np.uint8), photo.base)
         edges = np.zeros_like(masked)
         edges[:, 1:] |= labels[:, 1:] != labels[:, :-1]
         edges[1:, :] |= labels[1:, :] != labels[:-1, :]
         picture[edges] = 255
-    return draw_prompts(picture, prompts, size)
+    else:
+        picture = photo.base
+    return draw_prompts(picture, prompts, photo.size)
 
 
 def draw_prompts(picture: np.ndarray, prompts: Prompts, size: tuple[int, int]) -> np.ndarray:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from demo import render
 from demo.prompts import Prompts
 from slimsam.infer.predictor import EmbeddingCache
 
@@ -60,10 +61,17 @@ class Session:
     problem: str = ""  # the last action's error, shown until the next action
     downloads: dict[str, list[Path]] = field(default_factory=dict)  # side -> its download files (latest only)
     folder: Path | None = None  # this session's download files, made on first use
+    shown: tuple[str, render.Backdrop] | None = None  # (image_id, the photo as the panes show it)
 
     def is_current(self, result: PaneResult) -> bool:
         """Whether `result` answers this session's current image and prompts."""
         return result.image_id == self.image_id and result.prompts_version == self.prompts.version
+
+    def backdrop(self) -> render.Backdrop:
+        """The current photo at display size, made once per photo (each click only blends a mask over it)."""
+        if self.shown is None or self.shown[0] != self.image_id:
+            self.shown = (self.image_id, render.backdrop(self.image))
+        return self.shown[1]
 
     def download_folder(self) -> Path:
         if self.folder is None:
@@ -80,7 +88,7 @@ class Session:
         """Drop everything this session holds (embeddings, photo, masks, download files): the session ended."""
         self.cache = EmbeddingCache(EMBEDDINGS_PER_SESSION)
         self.image, self.image_id, self.image_name, self.original_size = None, "", "", (0, 0)
-        self.prompts, self.results, self.downloads, self.problem = Prompts(), {}, {}, ""
+        self.prompts, self.results, self.downloads, self.problem, self.shown = Prompts(), {}, {}, "", None
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None

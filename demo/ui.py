@@ -92,16 +92,20 @@ def build_pane(side: str, store: ModelStore, model: str) -> Pane:
     return Pane(side, dropdown, picture, candidates, text, mask_download, cutout_download)
 
 
-def build_app(store: ModelStore, left: str, right: str) -> gr.Blocks:
-    """The app for a model menu and the two panes' first models (menu labels)."""
+def build_app(store: ModelStore, left: str, right: str, session_ttl: float = SESSION_TTL) -> gr.Blocks:
+    """The app for a model menu and the two panes' first models (menu labels). session_ttl: seconds after an
+    API client's last request that its session is released."""
     ctx = AppContext(store, {"left": left, "right": right})
     photos = [str(path) for path in example_photos(Path(tempfile.mkdtemp(prefix="slimsam-examples-")))]
     with gr.Blocks(title="SAM vs SlimSAM", delete_cache=(1800, 3600)) as app:
         # Gradio deep-copies this for every browser tab and API client (the embedding cache copies as empty).
-        session = gr.State(Session(), time_to_live=SESSION_TTL, delete_callback=handlers.release)
+        # The time to live starts when an event outputs the state: the `segment` API does (a tab's session is
+        # released when the tab closes, by the unload event below).
+        session = gr.State(Session(), time_to_live=session_ttl, delete_callback=handlers.release)
         with gr.Row(elem_id="header"):
             gr.Markdown("## SAM vs SlimSAM", elem_id="title")
-            status = gr.Markdown(handlers.status_line(Session()), elem_id="status")
+            # At start it also says which models are here (the menus mark the others).
+            status = gr.Markdown(f"{handlers.status_line(Session())}\n\n{store.notice()}", elem_id="status")
         with gr.Row(elem_id="bar"):
             upload = gr.UploadButton("Upload photo", size="sm", variant="primary", min_width=0, elem_id="upload")
             gallery = gr.Gallery(photos, show_label=False, columns=len(photos), rows=1, height=48, object_fit="cover",
@@ -156,17 +160,18 @@ def wire_events(app, ctx, session, photos, upload, gallery, mode, multimask, sta
         return path, handlers.load_photo(ctx, state, path)
 
     quick = dict(show_progress="hidden", **UI_ONLY)
+    instant = dict(quick, queue=False)  # milliseconds of work: straight to the server, not through the queue
     follow(upload.upload(partial(handlers.load_photo, ctx), [session, upload], status, **quick), progress=True)
     follow(gallery.select(pick_example, [session], [upload, status], **quick), progress=True)
     for pane in panes:  # a click on either pane's picture (of the photo at display size) prompts both
         def click(state, click_mode, event: gr.SelectData):
             shown = render.display_size(state.image.shape[:2]) if state.image is not None else None
             return handlers.add_click(state, click_mode, *event.index, shown)
-        follow(pane.picture.select(click, [session, mode], status, **quick), progress=False)
-    follow(undo_button.click(handlers.undo, [session], status, **quick), progress=False)
-    follow(clear_button.click(handlers.clear, [session], status, **quick), progress=False)
-    follow(everything_button.click(handlers.segment_everything, [session], status, **quick), progress=True)
-    follow(multimask.input(lambda state: handlers.status_line(state), [session], status, **quick), progress=False)
+        follow(pane.picture.select(click, [session, mode], status, **instant), progress=False)
+    follow(undo_button.click(handlers.undo, [session], status, **instant), progress=False)
+    follow(clear_button.click(handlers.clear, [session], status, **instant), progress=False)
+    follow(everything_button.click(handlers.segment_everything, [session], status, **instant), progress=True)
+    follow(multimask.input(handlers.status_line, [session], status, **instant), progress=False)
     for pane in panes:
         shown = pane.model.input(pane_runner(ctx, pane.side), [pane.model, multimask, session], pane.outputs,
                                  concurrency_id=f"{pane.side}-pane", concurrency_limit=2,

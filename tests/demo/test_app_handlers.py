@@ -105,7 +105,7 @@ def test_markers_are_drawn_at_a_size_that_reads_whatever_the_photo_size():
     for size in ((40, 30), (2048, 1536)):
         image = np.zeros((*size, 3), dtype=np.uint8)
         prompts = Prompts().add_point(size[1] / 2, size[0] / 2, 1, size)
-        picture = render.pane_picture(image, prompts)
+        picture = render.pane_picture(render.backdrop(image), prompts)
         green = (picture[..., 1] > 150) & (picture[..., 0] < 120)
         marker_pixels.append(int(green.sum()))
     assert marker_pixels[0] > 100 and abs(marker_pixels[0] - marker_pixels[1]) < 0.2 * marker_pixels[1]
@@ -116,7 +116,7 @@ def test_pane_pictures_show_each_models_own_mask_with_the_prompts(ctx, photo_pat
     handlers.add_click(session, POSITIVE, 250, 300)
     handlers.add_click(session, NEGATIVE, 60, 80)
     (left, _, _), (right, _, _) = run_both(ctx, session)
-    plain = render.pane_picture(session.image, session.prompts)
+    plain = render.pane_picture(session.backdrop(), session.prompts)
     assert not np.array_equal(left, right)  # two models, two masks
     assert not np.array_equal(left, plain) and not np.array_equal(right, plain)
 

@@ -28,13 +28,14 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    """`python app.py` on two tiny local models, on a free port, until the module's tests are done."""
+def app_server(tmp_path_factory):
+    """`python app.py` on two tiny local models, on a free port, until the module's tests are done: (url, log)."""
     folder = tmp_path_factory.mktemp("served_models")
     left, right = save_tiny_model(folder / "tiny_left", seed=0), save_tiny_model(folder / "tiny_right", seed=1)
     port = free_port()
     log = open(folder / "server.log", "w")
-    server = subprocess.Popen([sys.executable, "app.py", "--left", str(left), "--right", str(right), "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "app.py", "--left", str(left), "--right", str(right), "--port", str(port),
+                               "--session-ttl", "4"],
                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -49,7 +50,7 @@ def app_url(tmp_path_factory):
                 if time.time() > deadline:
                     raise
                 time.sleep(0.5)
-        yield url
+        yield url, folder / "server.log"
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -58,7 +59,18 @@ def app_url(tmp_path_factory):
         assert "Traceback" not in server_log, server_log[-3000:]  # bad input must never crash a handler
 
 
-def test_segment_endpoint_returns_two_masks_and_a_report(app_url, photo_dir):
+@pytest.fixture(scope="module")
+def app_url(app_server):
+    return app_server[0]
+
+
+def releases(log: Path) -> int:
+    return log.read_text().count("released a session's photo")
+
+
+def test_segment_endpoint_returns_two_masks_and_a_report(app_server, photo_dir):
+    app_url, server_log = app_server
+    released = releases(server_log)
     client = Client(app_url, verbose=False)
     assert "/segment" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     left, right, report = client.predict(handle_file(str(photo_dir / "photo_0.jpg")), "[[250, 300, 1], [40, 60, 0]]",
@@ -70,6 +82,10 @@ def test_segment_endpoint_returns_two_masks_and_a_report(app_url, photo_dir):
         assert report[side]["mask_area"] > 0 and report[side]["decode_seconds"] > 0
         assert "local" in report[side]["model"]
     assert 0 <= report["iou_between_panes"] <= 1
+    deadline = time.time() + 30  # the server runs with --session-ttl 4: the API session's memory goes soon
+    while releases(server_log) == released and time.time() < deadline:
+        time.sleep(0.5)
+    assert releases(server_log) > released
 
 
 def test_bad_input_through_the_api_gives_messages(app_url, photo_dir, tmp_path):
@@ -164,7 +180,7 @@ Promise.all([pixels(before), pixels(after)]).then(([a, b]) => {
 
 
 @pytest.mark.browser
-def test_browser_a_click_on_a_pane_shows_both_masks_in_view_at_1280x800(app_url, browser, tmp_path):
+def test_browser_a_click_on_a_pane_shows_both_masks_in_view_at_1280x800(app_server, browser, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -175,8 +191,11 @@ def test_browser_a_click_on_a_pane_shows_both_masks_in_view_at_1280x800(app_url,
     def pictures():
         return [browser.find_element(By.CSS_SELECTOR, f"#{side}-overlay img") for side in ("left", "right")]
 
+    app_url, server_log = app_server
     browser.get(app_url)
     wait = WebDriverWait(browser, 90)
+    wait.until(lambda _: "Models available here" in browser.find_element(By.TAG_NAME, "body").text)
+    assert "Models available here" in browser.find_element(By.ID, "status").text
     corrupt = tmp_path / "corrupt.jpg"  # a damaged upload first: a message in the page, and the app carries on
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
     wait.until(lambda _: browser.find_elements(By.CSS_SELECTOR, "#upload input[type=file], input[type=file]"))
@@ -205,3 +224,6 @@ def test_browser_a_click_on_a_pane_shows_both_masks_in_view_at_1280x800(app_url,
     assert "local" in browser.find_element(By.CSS_SELECTOR, "#left-model input").get_attribute("value")
     assert "1 positive" in browser.find_element(By.ID, "status").text
     assert "Agreement" in browser.find_element(By.ID, "agreement").text
+    released = server_log.read_text().count("released a session's photo")
+    browser.get("about:blank")  # the tab goes: its session's memory is released at once (Gradio's unload event)
+    wait.until(lambda _: server_log.read_text().count("released a session's photo") > released)
