@@ -23,7 +23,7 @@ from PIL import Image
 
 from demo import render
 from demo.models import ModelLoadError, ModelStore, gpu
-from demo.prompts import BOX, POSITIVE, Prompts, PromptError, clipped_box, check_inside, parse_box, parse_points
+from demo.prompts import BOX, POSITIVE, PromptError, Prompts, parse_box, parse_points, prompts_from
 from demo.session import SIDES, PaneResult, Session
 from slimsam.data.images import open_rgb_sized
 from slimsam.evaluate.masks import mask_iou
@@ -141,7 +141,7 @@ def act(session: Session, change: Callable[[], None]) -> str:
         session.problem = ""
     except (PromptError, PhotoError) as error:
         session.problem = str(error)
-    except Exception as error:  # noqa: BLE001 - a bug: logged in full, shown in one line
+    except Exception as error:  # a bug: logged in full, shown in one line
         log.exception("unexpected error in a page action")
         session.problem = unexpected(error)
     return status_line(session)
@@ -233,7 +233,7 @@ def safe_compute_pane(ctx: AppContext, model_label: str, multimask: bool, sessio
     """compute_pane, with anything unexpected logged and turned into the pane's one-line error."""
     try:
         return compute_pane(ctx, model_label, multimask, session, report)
-    except Exception as error:  # noqa: BLE001 - a bug: logged in full, shown in the pane in one line
+    except Exception as error:  # a bug: logged in full, shown in the pane in one line
         log.exception("unexpected error computing the %s pane", model_label)
         return PaneResult(model_label, session.image_id, session.prompts.version, multimask, error=unexpected(error))
 
@@ -376,15 +376,9 @@ def validated_request(ctx: AppContext, path: str | None, points_json: str, box_j
         raise PromptError(f"multimask must be true or false, got {str(multimask)[:40]!r}")
     points, corners = parse_points(points_json), parse_box(box_json)
     photo = read_photo(ctx, path)
-    size = photo.original_size  # prompts are in the uploaded photo's pixels
-    for x, y, _ in points:
-        check_inside(x, y, size)
-    box, notes = clipped_box(corners, size) if corners is not None else (None, [])
-    if not points and box is None:
-        raise PromptError("give at least one point or a box")
-    prompts = Prompts(points=tuple(points), box=box)
+    prompts, notes = prompts_from(points, corners, photo.original_size)  # in the uploaded photo's pixels
     height, width = photo.image.shape[:2]
-    scale = width / size[1]
+    scale = width / photo.original_size[1]
     if scale != 1:
         prompts = prompts.scaled(scale)
         notes.append(f"the photo was downscaled to {width}x{height} for the models: prompts scaled by {scale:.4f}, "
@@ -403,7 +397,7 @@ def segment(ctx: AppContext, path: str | None, points_json: str, box_json: str, 
     except (PromptError, PhotoError) as error:
         session.problem = str(error)  # for the page's status line; nothing else changes
         fail(str(error))
-    except Exception as error:  # noqa: BLE001 - a bug: logged in full, one line for the client
+    except Exception as error:  # a bug: logged in full, one line for the client
         log.exception("unexpected error validating a segment request")
         fail(unexpected(error))
     use_photo(session, photo, prompts)

@@ -168,18 +168,19 @@ def parse_box(box_json: str) -> tuple[float, float, float, float] | None:
     return tuple(float(v) for v in box)
 
 
-def parse_json_prompts(points_json: str, box_json: str, size: tuple[int, int]) -> tuple[Prompts, list[str]]:
-    """The `segment` API's prompts: points '[[x, y, label], ...]' (label 1 or 0) and box '[x1, y1, x2, y2]' or ''.
-
-    Returns the prompts (validated against the image size (H, W): points inside, the box clipped to it)
-    and notes on anything adjusted.
-    """
-    points, box = parse_points(points_json), parse_box(box_json)
+def prompts_from(points: list[tuple[float, float, int]], corners: tuple[float, float, float, float] | None,
+                 size: tuple[int, int]) -> tuple[Prompts, list[str]]:
+    """Parsed points and box corners (parse_points, parse_box) checked against an image of `size` (H, W): points
+    inside, the box clipped to it. Returns the prompts and notes on anything adjusted."""
     for x, y, _ in points:
         check_inside(x, y, size)
-    notes: list[str] = []
-    if box is not None:
-        box, notes = clipped_box(box, size)
+    box, notes = clipped_box(corners, size) if corners is not None else (None, [])
     if not points and box is None:
         raise PromptError("give at least one point or a box")
     return Prompts(points=tuple(points), box=box), notes
+
+
+def parse_json_prompts(points_json: str, box_json: str, size: tuple[int, int]) -> tuple[Prompts, list[str]]:
+    """The `segment` API's prompts: points '[[x, y, label], ...]' (label 1 or 0) and box '[x1, y1, x2, y2]' or '',
+    for an image of `size` (H, W); and notes on anything adjusted."""
+    return prompts_from(parse_points(points_json), parse_box(box_json), size)
