@@ -98,13 +98,11 @@ def read_photo(ctx: AppContext, path: str | None) -> Photo:
             finally:
                 if large:  # PIL's blocks of a huge decode would otherwise stay in the heap (slimsam.infer.heap)
                     release_free_memory()
-    except Image.DecompressionBombError as error:
-        raise PhotoError(f"Cannot read {name}: it is too large ({without_paths(str(error), path)}).") from None
-    except (OSError, ValueError, SyntaxError) as error:
-        cause = error.__cause__ if isinstance(error.__cause__, Image.DecompressionBombError) else None
-        if cause is not None:
-            raise PhotoError(f"Cannot read {name}: it is too large ({without_paths(str(cause), path)}).") from None
-        detail = without_paths(str(error.__cause__ or error), path)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        cause = error.__cause__ or error  # open_rgb_sized's OSError wraps what PIL raised
+        detail = without_paths(str(cause), path)
+        if isinstance(cause, Image.DecompressionBombError):
+            raise PhotoError(f"Cannot read {name}: it is too large ({detail}).") from None
         raise PhotoError(f"Cannot read {name}: it is not an image or it is damaged ({detail}).") from None
     return Photo(np.asarray(image), name, original_size)
 

@@ -163,10 +163,12 @@ def wire_events(app, ctx, session, photos, upload, gallery, mode, multimask, sta
     instant = dict(quick, queue=False)  # milliseconds of work: straight to the server, not through the queue
     follow(upload.upload(partial(handlers.load_photo, ctx), [session, upload], status, **quick), progress=True)
     follow(gallery.select(pick_example, [session], [upload, status], **quick), progress=True)
-    for pane in panes:  # a click on either pane's picture (of the photo at display size) prompts both
-        def click(state, click_mode, event: gr.SelectData):
-            shown = render.display_size(state.image.shape[:2]) if state.image is not None else None
-            return handlers.add_click(state, click_mode, *event.index, shown)
+    def click(state, click_mode, event: gr.SelectData):
+        """A click on a pane's picture, the photo at display size, at display pixel event.index."""
+        shown = render.display_size(state.image.shape[:2]) if state.image is not None else None
+        return handlers.add_click(state, click_mode, *event.index, shown)
+
+    for pane in panes:  # a click on either pane prompts both
         follow(pane.picture.select(click, [session, mode], status, **instant), progress=False)
     follow(undo_button.click(handlers.undo, [session], status, **instant), progress=False)
     follow(clear_button.click(handlers.clear, [session], status, **instant), progress=False)

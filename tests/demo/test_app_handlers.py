@@ -571,3 +571,11 @@ def test_menu_offers_the_five_models_and_local_folders(tmp_path):
     folder.mkdir()
     label, menu = menu_with(str(folder), STANDARD_MODELS)
     assert label == "my_slimsam (local)" and menu[label] == str(folder) and len(menu) == 6
+
+
+def test_an_absurdly_large_photo_is_refused_as_too_large(ctx, tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses twice this many pixels
+    path = tmp_path / "bomb.png"
+    Image.new("RGB", (60, 40)).save(path)
+    status = handlers.load_photo(ctx, Session(), str(path))
+    assert "Cannot read bomb.png: it is too large" in status and str(tmp_path) not in status
