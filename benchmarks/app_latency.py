@@ -6,9 +6,11 @@ Every checkout given (e.g. an older commit's `git archive` and this working tree
 its samples interleaved with the others' (A, B, A, B, ...), so that the ratios share the machine and its
 load, which on a shared 2-core VM drifts by a third within minutes:
   1. segment-everything in-process: `MaskGenerator(predictor, **demo.handlers.EVERYTHING_OPTIONS).generate()`
-     on a SlimSAM-77-sized model (random weights) and the first example photo, the embedding cached, in a
-     fresh process per sample set up as that checkout's app.py sets itself up (slimsam.infer.heap); once with
-     the app's thresholds and once with every mask kept (thresholds off: the most upscaling there can be);
+     on a SlimSAM-77-sized model (random weights) and the first example photo, the embedding cached, in one
+     long-lived process per checkout set up as that checkout's app.py sets itself up (slimsam.infer.heap) and
+     warmed up by one untimed run; once with the app's thresholds and once with every mask kept (thresholds
+     off: the most upscaling there can be); wall and CPU seconds (CPU time counts only while the process ran,
+     so it is less at the mercy of other jobs than wall time);
   2. the page in headless Chromium (Debian's chromium + chromedriver, via Selenium), one `python app.py` per
      checkout running side by side with a SlimSAM-77-sized random model in each pane: pick the first example,
      then click at random spots (the same spots for every checkout) and time each click, from the browser's
@@ -33,7 +35,9 @@ import time
 from pathlib import Path
 
 EVERYTHING_SCRIPT = textwrap.dedent("""
-    import json, statistics, sys, time
+    # A worker: set up as this checkout's app.py sets itself up, the example photo encoded, one untimed run of
+    # each setting; then one timed run per line read ("app thresholds" or "every mask kept"), answered as JSON.
+    import inspect, json, sys, time
     import numpy as np
     import torch
     from demo import handlers
@@ -41,28 +45,27 @@ EVERYTHING_SCRIPT = textwrap.dedent("""
     from slimsam.data.samples import sample_photos
     from slimsam.infer.everything import MaskGenerator
     from slimsam.infer import heap
-    # as this checkout's app.py does (newer ones also serve large blocks from the heap)
-    import inspect
-    if "large_blocks" in inspect.signature(heap.keep_freed_memory_in_heap).parameters:
+    if "large_blocks" in inspect.signature(heap.keep_freed_memory_in_heap).parameters:  # newer app.py
         heap.keep_freed_memory_in_heap(large_blocks=True)
     else:
         heap.keep_freed_memory_in_heap()
-    torch.set_num_threads(int(sys.argv[3]))
+    torch.set_num_threads(int(sys.argv[2]))
     model, processor = load_model(sys.argv[1])
     predictor = SamPredictor(model, processor)
     predictor.set_image(np.asarray(sample_photos()[0]))
-    figures = {}
-    for name, extra in (("app thresholds", {}), ("every mask kept", dict(pred_iou_thresh=-1e9,
-                                                                         stability_score_thresh=-1e9))):
-        times, counts = [], []
-        for _ in range(int(sys.argv[2])):
-            start = time.perf_counter()
-            found = MaskGenerator(predictor, **{**handlers.EVERYTHING_OPTIONS, **extra}).generate()
-            times.append(time.perf_counter() - start)
-            counts.append(len(found))
-        figures[name] = {"seconds": times, "median_s": statistics.median(times), "masks": counts[-1]}
-    print(json.dumps(figures))
+    SETTINGS = {"app thresholds": {}, "every mask kept": dict(pred_iou_thresh=-1e9, stability_score_thresh=-1e9)}
+
+    def run(setting):
+        wall, cpu = time.perf_counter(), time.process_time()
+        found = MaskGenerator(predictor, **{**handlers.EVERYTHING_OPTIONS, **SETTINGS[setting]}).generate()
+        return {"seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu, "masks": len(found)}
+    for setting in SETTINGS:
+        run(setting)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        print(json.dumps(run(line.strip())), flush=True)
 """)
+
 
 # Installed before the click: records the click's time and the first `load` of a new image in each pane.
 WATCH_SCRIPT = """
@@ -94,11 +97,24 @@ def make_models(folder: Path) -> tuple[Path, Path]:
     return paths
 
 
-def everything_in_process(root: Path, model: Path, repeats: int, threads: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
-    output = subprocess.run([sys.executable, "-c", EVERYTHING_SCRIPT, str(model), str(repeats), str(threads)],
-                            cwd=root, env=env, capture_output=True, text=True, check=True).stdout
-    return json.loads(output.splitlines()[-1])
+class EverythingWorker:
+    """One checkout's EVERYTHING_SCRIPT, kept running (warm) between timed runs."""
+
+    def __init__(self, root: Path, model: Path, threads: int) -> None:
+        env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
+        self.process = subprocess.Popen([sys.executable, "-c", EVERYTHING_SCRIPT, str(model), str(threads)], cwd=root,
+                                        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self.process.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the segment-everything worker for {root} did not start")
+
+    def run(self, setting: str) -> dict:
+        self.process.stdin.write(setting + "\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
 
 
 def free_port() -> int:
@@ -209,13 +225,20 @@ def main() -> None:
     roots = [root.resolve() for root in args.app_root]
     names = [checkout_name(root) for root in roots]
     results = {name: {"everything_in_process": {}, "click_ms": [], "everything_page_s": []} for name in names}
-    for round_ in range(args.repeats):
-        for root, name in zip(roots, names):
-            for setting, figures in everything_in_process(root, left, 1, args.threads).items():
-                results[name]["everything_in_process"].setdefault(setting, []).extend(figures["seconds"])
+    workers = [EverythingWorker(root, left, args.threads) for root in roots] if args.repeats else []
+    for round_ in range(args.repeats):  # A, B, A, B, ...: the checkouts share the machine's moods
+        for setting in ("app thresholds", "every mask kept"):
+            for worker, name in zip(workers, names):
+                figures = worker.run(setting)
+                process = results[name]["everything_in_process"].setdefault(setting,
+                                                                            {"seconds": [], "cpu_seconds": []})
+                process["seconds"].append(figures["seconds"])
+                process["cpu_seconds"].append(figures["cpu_seconds"])
                 results[name].setdefault("everything_masks", {})[setting] = figures["masks"]
-            print(f"everything in-process, round {round_ + 1}, {name}: "
-                  f"{json.dumps(results[name]['everything_in_process'])}", flush=True)
+                print(f"everything in-process, round {round_ + 1}, {setting}, {name}: {json.dumps(figures)}",
+                      flush=True)
+    for worker in workers:
+        worker.close()
     (args.out / "app_latency.json").write_text(json.dumps(results, indent=2))  # kept if the page part fails
     servers, pages = [], []
     try:
@@ -239,17 +262,19 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=30)
     (args.out / "app_latency.json").write_text(json.dumps(results, indent=2))
-    print("\n| checkout | everything, app thresholds (s, median; masks) | everything, every mask kept (s, median; "
-          "masks) | click to both masks (ms, median; min-max) | everything in the page, both panes (s) |\n"
-          "|---|---|---|---|---|")
+    print("\n| checkout | everything, app thresholds (s, median (CPU s); masks) | everything, every mask kept "
+          "(s, median (CPU s); masks) | click to both masks (ms, median; min-max) | everything in the page, both "
+          "panes (s) |\n|---|---|---|---|---|")
 
     def median(values: list[float], digits: int) -> str:
         return f"{statistics.median(values):.{digits}f}" if values else "-"
 
     for name, figures in results.items():
-        process, clicks, masks = figures["everything_in_process"], figures["click_ms"], figures.get("everything_masks", {})
+        process, clicks = figures["everything_in_process"], figures["click_ms"]
+        masks = figures.get("everything_masks", {})
         spread = f" ({min(clicks):.0f}-{max(clicks):.0f})" if clicks else ""
-        settings = [f"{median(process.get(setting, []), 2)}; {masks.get(setting, '-')}"
+        settings = [f"{median(process.get(setting, {}).get('seconds', []), 2)} (CPU "
+                    f"{median(process.get(setting, {}).get('cpu_seconds', []), 2)}); {masks.get(setting, '-')}"
                     for setting in ("app thresholds", "every mask kept")]
         print(f"| {name} | {settings[0]} | {settings[1]} | {median(clicks, 0)}{spread} | "
               f"{', '.join(f'{s:.1f}' for s in figures['everything_page_s'])} |")

@@ -205,8 +205,9 @@ def compute_pane(ctx: AppContext, model_label: str, multimask: bool, session: Se
     except ModelLoadError as error:
         return replace(result, error=error.summary, error_details=error.details)
     predictor = SamPredictor(loaded.model, loaded.processor, cache=session.cache)
-    seconds = predictor.set_image(image, image_id,  # image_id: no re-hashing on every click
-                                  progress=lambda done, stage: report(done, desc=f"{model_label}: {stage} the photo…"))
+    def encoding(done: float, stage: str) -> None:
+        report(done, desc=f"{model_label}: {stage} the photo…")
+    seconds = predictor.set_image(image, image_id, progress=encoding)  # image_id: no re-hashing on every click
     # On a cache hit (0.0 s) the embedding still knows how long its first encode took: that is what is shown.
     result = replace(result, parameters=loaded.parameters, encode_cached=not seconds,
                      encode_seconds=predictor.current.encode_seconds)

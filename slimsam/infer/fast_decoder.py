@@ -19,8 +19,9 @@ and the chosen mask tokens), and the upscaling transposed convolutions run as ma
 channel-last pixels, put in place once on the few mask channels (`upscaled_masks`).
 What is left per click is about 0.8 GMAC, half of it the upscaling, which depends on the prompt
 through the image tokens. Segment-everything keeps only masks with a high predicted IoU, which the IoU
-head gives before any upscaling: `fast_decode_confident` upscales only those prompts. Mask prompts (dense embeddings other than "no mask"),
-`attention_similarity` and `target_embedding` are not supported here: use the stock SamModel call.
+head gives before any upscaling: `fast_decode_confident` upscales only those prompts.
+Mask prompts (dense embeddings other than "no mask"), `attention_similarity` and `target_embedding` are not
+supported here: use the stock SamModel call.
 """
 from __future__ import annotations
 
