@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 from demo.models import DEFAULT_LEFT, DEFAULT_RIGHT, STANDARD_MODELS, ModelStore, menu_with
-from demo.ui import build_app
+from demo.ui import CSS, SESSION_TTL, build_app
 from slimsam.infer.heap import keep_freed_memory_in_heap
 
 
@@ -21,6 +22,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="address to serve on; 0.0.0.0 for all interfaces (env GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", "7860")),
                         help="port (env GRADIO_SERVER_PORT; default %(default)s)")
+    parser.add_argument("--session-ttl", type=float, default=float(env("SLIMSAM_SESSION_TTL", SESSION_TTL)),
+                        help="seconds after an API client's last request that its session's memory is released "
+                             "(a browser tab's is released when it closes; env SLIMSAM_SESSION_TTL; "
+                             "default %(default)g)")
     parser.add_argument("--share", action="store_true", default=env("GRADIO_SHARE", "") in ("1", "true", "True"),
                         help="also serve on a temporary public gradio.live link (env GRADIO_SHARE=1)")
     return parser.parse_args(argv)
@@ -28,8 +33,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    keep_freed_memory_in_heap()  # clicks allocate MB-sized tensors: reuse them instead of faulting pages in
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("demo").setLevel(logging.INFO)  # the app's own notes (e.g. a session released)
+    # Clicks allocate MB-sized tensors and segment-everything's batches ~270 MB ones: reuse them instead of
+    # faulting pages in afresh (the handlers give the heap back after segment-everything and huge photos).
+    keep_freed_memory_in_heap(large_blocks=True)
     left, menu = menu_with(args.left, STANDARD_MODELS)
     right, menu = menu_with(args.right, menu)
-    app = build_app(ModelStore(menu), left, right)
-    app.queue(default_concurrency_limit=2).launch(server_name=args.host, server_port=args.port, share=args.share)
+    app = build_app(ModelStore(menu), left, right, args.session_ttl)
+    app.queue(default_concurrency_limit=2).launch(server_name=args.host, server_port=args.port, share=args.share,
+                                                  css=CSS)

@@ -1,13 +1,20 @@
 """What the app's events do, as functions of the session state; demo.ui wires them to components.
 
-Every problem a user can cause (a corrupt file, a click outside the image, prompts before an image, a
-model without weights) ends in a readable message: `gr.Error` for the action that failed, or the
-pane's text for a model that cannot be loaded, so the other pane keeps working.
+Every problem a user can cause (a file that is no photo, a click outside the image, prompts before a photo,
+malformed JSON, a model without weights) ends in a one-line message that stays until the next action: the
+status line for an action in the page (`act`), the pane's text for a model that cannot be loaded (the
+other pane keeps working), `gr.Error` for the `segment` API. An action that fails changes nothing in the
+session. Anything unexpected is logged with its traceback and shown as one line.
 """
 from __future__ import annotations
 
+import logging
+import re
+import threading
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import gradio as gr
@@ -16,14 +23,20 @@ from PIL import Image
 
 from demo import render
 from demo.models import ModelLoadError, ModelStore, gpu
-from demo.prompts import BOX, POSITIVE, PromptError, draw_prompts, parse_json_prompts
+from demo.prompts import BOX, POSITIVE, PromptError, Prompts, parse_box, parse_points, prompts_from
 from demo.session import SIDES, PaneResult, Session
-from slimsam.data.images import open_rgb, upright_size
+from slimsam.data.images import open_rgb_sized
 from slimsam.evaluate.masks import mask_iou
 from slimsam.infer.everything import MaskGenerator
+from slimsam.infer.heap import release_free_memory
 from slimsam.infer.predictor import MAX_WORKING_SIDE, SamPredictor, image_hash
 
-EVERYTHING_OPTIONS = dict(points_per_side=16, points_per_batch=32, max_masks=64)  # sized for a CPU
+log = logging.getLogger("demo")
+# 256 prompts, 64 per decoder pass (~1 GB of temporary tensors for SAM); at most 64 masks shown.
+EVERYTHING_OPTIONS = dict(points_per_side=16, points_per_batch=64, max_masks=64)
+# Photos with more pixels than this (decoded at full size: PNG, TIFF, ...; JPEGs decode reduced) are decoded
+# one at a time, and their memory goes back to the system right after: a 13000 x 13000 PNG takes ~0.7 GB.
+LARGE_DECODE_PIXELS = 16_000_000
 
 
 @dataclass(frozen=True)
@@ -32,101 +45,169 @@ class AppContext:
 
     store: ModelStore
     defaults: dict[str, str]  # side -> menu label shown first
-    mask_folder: Path  # where downloadable mask PNGs are written
+    large_decodes: threading.Lock = field(default_factory=threading.Lock)
+
+
+class PhotoError(Exception):
+    """A photo that cannot be used (no file, not an image, damaged, too large), or none yet; for users."""
+
+
+@dataclass(frozen=True)
+class Photo:
+    image: np.ndarray  # (H, W, 3) uint8 working copy
+    name: str  # the file's name, never its server path
+    original_size: tuple[int, int]  # (H, W) of the file, upright
 
 
 def fail(message: str):
-    """Show `message` to the user and stop the event chain (no traceback: it is not a bug)."""
+    """Show `message` to an API client and stop the event chain (no traceback: it is not a bug)."""
     raise gr.Error(message, print_exception=False)
+
+
+def unexpected(error: Exception) -> str:
+    """One line for an exception nobody anticipated (the traceback goes to the server log)."""
+    first = str(error).splitlines()[0][:160] if str(error) else ""
+    return f"Unexpected error ({type(error).__name__}{': ' + first if first else ''}); the server log has the details."
+
+
+def without_paths(text: str, path: str | Path) -> str:
+    """`text` with the server's folders taken out: the file is named, never where the server keeps it."""
+    text = text.replace(str(path), Path(path).name)
+    return re.sub(r"(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/]+)+[\\/]", "", text)
 
 
 def require_image(session: Session) -> np.ndarray:
     if session.image is None:
-        fail("Upload a photo or pick an example first.")
+        raise PhotoError("Upload a photo or pick an example first.")
     return session.image
 
 
 # ------------------------------------------------------------------------------------------- image and prompts
 
-def load_photo(session: Session, path: str | None) -> tuple[np.ndarray, str]:
-    """New photo: read it (any mode, EXIF-rotated, huge ones downscaled), reset prompts and masks."""
+def read_photo(ctx: AppContext, path: str | None) -> Photo:
+    """Read an uploaded file as a photo (any mode, EXIF-rotated, huge ones downscaled); raises PhotoError."""
     if not path:
-        fail("No file: upload a photo or pick an example.")
+        raise PhotoError("No file: upload a photo or pick an example.")
     name = Path(path).name
     try:
-        with Image.open(path) as header:  # the full size, which open_rgb's downscaled copy no longer tells
-            original_size = upright_size(header)  # (a PNG decodes here to find its EXIF; freed on closing)
-        image = np.asarray(open_rgb(path, max_side=MAX_WORKING_SIDE))
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        fail(f"Cannot read {name}: it is not an image or it is damaged ({error.__cause__ or error}).")
-    session.image, session.image_id, session.image_name = image, image_hash(image), name
-    session.original_size = original_size
-    session.prompts = session.prompts.cleared()
+        with Image.open(path) as header:  # the header only: is it big?
+            large = header.width * header.height > LARGE_DECODE_PIXELS
+        with ctx.large_decodes if large else nullcontext():
+            try:
+                image, original_size = open_rgb_sized(path, max_side=MAX_WORKING_SIDE)
+            finally:
+                if large:  # PIL's blocks of a huge decode would otherwise stay in the heap (slimsam.infer.heap)
+                    release_free_memory()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        cause = error.__cause__ or error  # open_rgb_sized's OSError wraps what PIL raised
+        detail = without_paths(str(cause), path)
+        if isinstance(cause, Image.DecompressionBombError):
+            raise PhotoError(f"Cannot read {name}: it is too large ({detail}).") from None
+        raise PhotoError(f"Cannot read {name}: it is not an image or it is damaged ({detail}).") from None
+    return Photo(np.asarray(image), name, original_size)
+
+
+def use_photo(session: Session, photo: Photo, prompts: Prompts | None = None) -> None:
+    """Make `photo` the session's photo, with `prompts` (default none) and no masks yet."""
+    session.image, session.image_id, session.image_name = photo.image, image_hash(photo.image), photo.name
+    session.original_size = photo.original_size
+    session.prompts = replace(prompts or Prompts(), version=session.prompts.version + 1, previous=None)
     session.results.clear()
-    return show_prompts(session)
 
 
-def show_prompts(session: Session) -> tuple[np.ndarray, str]:
-    """The photo with the prompts drawn on it, and a status line."""
-    image = require_image(session)
-    height, width = image.shape[:2]
+def status_line(session: Session) -> str:
+    """The line above the panes: the last action's problem (until the next action), the photo, the prompts."""
+    problem = f"⚠️ **{session.problem}**\n\n" if session.problem else ""  # its own line (paragraph)
+    if session.image is None:
+        return problem + "Upload a photo or pick an example, then click on an object in either pane."
+    height, width = session.image.shape[:2]
     full_height, full_width = session.original_size
     note = (f" (downscaled from {full_width}x{full_height}: the models see 1024 px anyway)"
-            if full_width > width else "")
-    status = f"**{session.image_name}** {width}x{height}{note} · {session.prompts.describe()}"
-    return draw_prompts(image, session.prompts), status
+            if (full_height, full_width) != (height, width) else "")
+    return problem + f"**{session.image_name}** {width}x{height}{note} · {session.prompts.describe()}"
 
 
-def add_click(session: Session, mode: str, x: float, y: float) -> tuple[np.ndarray, str]:
-    """A click on the photo at pixel (x, y): a positive or negative point, or a box corner."""
-    image = require_image(session)
-    size = image.shape[:2]
+def act(session: Session, change: Callable[[], None]) -> str:
+    """Run one user action on the session; returns the status line, with the action's problem if it had one.
+
+    A PromptError or PhotoError is the user's to fix: its message stays on the status line until the next
+    action. Anything else is logged with its traceback and shown as one line. Actions raise before they
+    change anything, so a failed one leaves the session as it was.
+    """
     try:
+        change()
+        session.problem = ""
+    except (PromptError, PhotoError) as error:
+        session.problem = str(error)
+    except Exception as error:  # a bug: logged in full, shown in one line
+        log.exception("unexpected error in a page action")
+        session.problem = unexpected(error)
+    return status_line(session)
+
+
+def load_photo(ctx: AppContext, session: Session, path: str | None) -> str:
+    """Event: a new photo (uploaded or an example); prompts and masks start afresh."""
+    return act(session, lambda: use_photo(session, read_photo(ctx, path)))
+
+
+def add_click(session: Session, mode: str, x: float, y: float, shown: tuple[int, int] | None = None) -> str:
+    """Event: a click at pixel (x, y) of a pane's picture of size `shown` (h, w; default the photo's own size):
+    a positive or negative point, or a box corner, in both panes."""
+    def change():
+        size = require_image(session).shape[:2]
+        px, py = render.to_image(x, y, shown, size) if shown else (x, y)
         if mode == BOX:
-            session.prompts = session.prompts.add_box_corner(x, y, size)
+            session.prompts = session.prompts.add_box_corner(px, py, size)
         else:
-            session.prompts = session.prompts.add_point(x, y, 1 if mode == POSITIVE else 0, size)
-    except PromptError as error:
-        fail(str(error))
-    return show_prompts(session)
+            session.prompts = session.prompts.add_point(px, py, 1 if mode == POSITIVE else 0, size)
+    return act(session, change)
 
 
-def undo(session: Session) -> tuple[np.ndarray, str]:
-    require_image(session)
-    session.prompts = session.prompts.undo()
-    return show_prompts(session)
+def change_prompts(session: Session, how: Callable[[Prompts], Prompts]) -> str:
+    """Event: Undo, Clear or Segment everything: the prompts become how(prompts), once there is a photo."""
+    def change():
+        require_image(session)
+        session.prompts = how(session.prompts)
+    return act(session, change)
 
 
-def clear(session: Session) -> tuple[np.ndarray, str]:
-    require_image(session)
-    session.prompts = session.prompts.cleared()
-    return show_prompts(session)
+def undo(session: Session) -> str:
+    return change_prompts(session, Prompts.undo)
 
 
-def segment_everything(session: Session) -> tuple[np.ndarray, str]:
-    require_image(session)
-    session.prompts = session.prompts.everything_mode()
-    return show_prompts(session)
+def clear(session: Session) -> str:
+    return change_prompts(session, Prompts.cleared)
+
+
+def segment_everything(session: Session) -> str:
+    return change_prompts(session, Prompts.everything_mode)
 
 
 # ------------------------------------------------------------------------------------------- panes
 
+def no_progress(fraction: float, desc: str = "") -> None:
+    """What a pane reports to when nobody watches (tests, the API without a page)."""
+
+
 @gpu
 def compute_pane(ctx: AppContext, model_label: str, multimask: bool, session: Session,
-                 progress=None) -> PaneResult:
-    """Encode (unless cached) and decode the session's current image and prompts with one model."""
+                 report: Callable = no_progress) -> PaneResult:
+    """Encode (unless cached) and decode the session's current image and prompts with one model.
+
+    report(fraction, desc=...) hears each stage: loading the model, encoding (per encoder block),
+    segment-everything's grid and upscaling (a gr.Progress shows it in the pane)."""
     image, image_id, prompts = session.image, session.image_id, session.prompts  # others may replace them meanwhile
-    result = PaneResult(model_label, image_id, prompts.version)
-    report = progress or (lambda *args, **kwargs: None)
+    result = PaneResult(model_label, image_id, prompts.version, multimask)
     if not ctx.store.is_loaded(model_label):
-        report(0.0, desc=f"Loading {model_label}…")
+        report(0.0, desc=f"{model_label}: loading the model…")
     try:
         loaded = ctx.store.get(model_label)
     except ModelLoadError as error:
-        return replace(result, error=str(error))
+        return replace(result, error=error.summary, error_details=error.details)
     predictor = SamPredictor(loaded.model, loaded.processor, cache=session.cache)
-    report(0.1, desc=f"{model_label}: encoding the image (once per image)…")
-    seconds = predictor.set_image(image, image_id)  # image_id: no re-hashing on every click
+    def encoding(done: float, stage: str) -> None:
+        report(done, desc=f"{model_label}: {stage} the photo…")
+    seconds = predictor.set_image(image, image_id, progress=encoding)  # image_id: no re-hashing on every click
     # On a cache hit (0.0 s) the embedding still knows how long its first encode took: that is what is shown.
     result = replace(result, parameters=loaded.parameters, encode_cached=not seconds,
                      encode_seconds=predictor.current.encode_seconds)
@@ -134,9 +215,9 @@ def compute_pane(ctx: AppContext, model_label: str, multimask: bool, session: Se
         return result
     start = time.perf_counter()
     if prompts.everything:
-        def grid_progress(done: float) -> None:
-            report(done, desc=f"{model_label}: segmenting everything…")
-        found = MaskGenerator(predictor, **EVERYTHING_OPTIONS).generate(progress=grid_progress)
+        found = MaskGenerator(predictor, **EVERYTHING_OPTIONS).generate(
+            progress=lambda done, stage: report(done, desc=f"{model_label}: {stage}…"))
+        release_free_memory()  # its batches' ~1 GB of tensors (demo.cli serves them from the heap)
         masks = [mask["segmentation"] for mask in found]
         label_map = render.label_map(masks) if masks else np.zeros(image.shape[:2], dtype=np.uint8)
         return replace(result, decode_seconds=time.perf_counter() - start, label_map=label_map,
@@ -144,6 +225,16 @@ def compute_pane(ctx: AppContext, model_label: str, multimask: bool, session: Se
     points, labels, box = prompts.as_arrays()
     masks, scores = predictor.predict(points, labels, box, multimask_output=multimask)
     return replace(result, decode_seconds=time.perf_counter() - start, masks=masks, scores=scores)
+
+
+def safe_compute_pane(ctx: AppContext, model_label: str, multimask: bool, session: Session,
+                      report: Callable = no_progress) -> PaneResult:
+    """compute_pane, with anything unexpected logged and turned into the pane's one-line error."""
+    try:
+        return compute_pane(ctx, model_label, multimask, session, report)
+    except Exception as error:  # a bug: logged in full, shown in the pane in one line
+        log.exception("unexpected error computing the %s pane", model_label)
+        return PaneResult(model_label, session.image_id, session.prompts.version, multimask, error=unexpected(error))
 
 
 # Functions, not constants: Gradio pops keys from the update dicts it is given.
@@ -155,77 +246,86 @@ def no_download() -> dict:
     return gr.update(value=None, interactive=False)
 
 
-def empty_pane(text: str = ""):
-    """A pane's components with nothing but `text` to show (no image yet, an outdated result, an error)."""
-    return None, no_candidates(), text, no_download()
-
-
 def run_pane(ctx: AppContext, side: str, model_label: str, multimask: bool, session: Session, progress=None):
-    """Event: bring one pane up to date with the session's image and prompts."""
+    """Event: bring one pane (picture, candidates, text) up to date with the session's image and prompts.
+
+    A pane whose result already answers them (same photo, prompts, model and multimask: the action before
+    failed, or changed nothing) is left as it is."""
     session.models[side] = model_label
     if session.image is None:
-        return empty_pane("Upload a photo or pick an example, then click on an object.")
-    session.results[side] = compute_pane(ctx, model_label, multimask, session, progress)
-    return show_pane(ctx, side, session)
+        return None, no_candidates(), "Upload a photo or pick an example, then click on an object."
+    result = session.results.get(side)
+    if (result is not None and session.is_current(result) and result.model == model_label
+            and result.multimask == multimask and not result.error):
+        return gr.skip(), gr.skip(), gr.skip()
+    report = progress if progress is not None else no_progress  # a gr.Progress is falsy: never `progress or ...`
+    session.results[side] = safe_compute_pane(ctx, model_label, multimask, session, report)
+    return show_pane(side, session)
 
 
-def select_candidate(ctx: AppContext, side: str, index: int | None, session: Session):
+def select_candidate(side: str, index: int | None, session: Session):
     """Event: show another of the pane's multimask candidates."""
     result = session.results.get(side)
     if result is not None and result.masks is not None and index is not None and 0 <= index < len(result.masks):
         session.results[side] = replace(result, selected=index)
-    return show_pane(ctx, side, session)
+    return show_pane(side, session)
 
 
-def show_pane(ctx: AppContext, side: str, session: Session, draw: bool = True):
-    """A pane's components (overlay image, candidate choice, text, download) for its latest result.
-
-    draw=False leaves a result's overlay image as it is (gr.skip()): after the `segment` API, whose outputs
-    are those overlays already (drawing one again costs ~50 ms on a 2048 px photo, and a second upload).
-    """
+def show_pane(side: str, session: Session):
+    """A pane's picture (the photo at display size with its mask and the prompts), candidate choice and text."""
+    if session.image is None:
+        return None, no_candidates(), ""
     result = session.results.get(side)
     if result is None or result.image_id != session.image_id:
-        return empty_pane()
-    if result.error:
-        return empty_pane(f"**{result.model}** · ⚠️ {result.error}")
-    picture = overlay(session, result) if draw else gr.skip()
-    download = no_download()
-    if result.mask is not None:
-        download = gr.update(value=render.save_png(result.mask, ctx.mask_folder, f"{result.model}-mask"),
-                             interactive=True)
-    elif result.label_map is not None:
-        download = gr.update(value=render.save_png(result.label_map, ctx.mask_folder, f"{result.model}-everything"),
-                             interactive=True)
+        return render.pane_picture(session.backdrop(), session.prompts), no_candidates(), ""
+    picture = render.pane_picture(session.backdrop(), session.prompts, mask=result.mask, label_map=result.label_map)
     candidates = no_candidates()
     if result.masks is not None and len(result.masks) > 1:
         candidates = gr.update(choices=[(f"#{i + 1} · IoU {score:.3f}", i) for i, score in enumerate(result.scores)],
                                value=result.selected, visible=True)
-    return picture, candidates, pane_text(result, session), download
+    return picture, candidates, pane_text(result)
 
 
-def overlay(session: Session, result: PaneResult) -> np.ndarray:
-    base = draw_prompts(session.image, session.prompts)
-    if result.mask is not None:
-        return render.overlay_mask(base, result.mask)
-    if result.label_map is not None:
-        return render.overlay_label_map(base, result.label_map)
-    return base
-
-
-def pane_text(result: PaneResult, session: Session) -> str:
-    encode = f"encode {result.encode_seconds:.2f} s" + (" (first time for this image; cached since)"
-                                                         if result.encode_cached else "")
-    lines = [f"**{result.model}** · {result.parameters / 1e6:.1f} M parameters"]
+def pane_text(result: PaneResult) -> str:
+    """Size and timings on the first line, what the pane shows on the second (the model's name is in the menu
+    beside it); or the error."""
+    if result.error:
+        details = f"<details><summary>details</summary>\n\n{result.error_details}\n\n</details>" \
+            if result.error_details else ""
+        return f"⚠️ {result.error}\n{details}"
+    encode = f"encode {result.encode_seconds:.2f} s" + (" (cached)" if result.encode_cached else "")
+    decode = f" · decode {result.decode_seconds:.3f} s" if result.decode_seconds is not None else ""
+    first = f"{result.parameters / 1e6:.1f} M parameters · {encode}{decode}"
     if result.mask is not None:
         area = int(result.mask.sum())
-        lines.append(f"mask {result.selected + 1} of {len(result.masks)} · predicted IoU "
-                     f"{result.scores[result.selected]:.3f} · area {area:,} px ({100 * area / result.mask.size:.1f} %)")
+        second = (f"mask {result.selected + 1} of {len(result.masks)} · predicted IoU "
+                  f"{result.scores[result.selected]:.3f} · area {area:,} px ({100 * area / result.mask.size:.1f} %)")
     elif result.label_map is not None:
-        lines.append(f"{result.mask_count} masks · covering {100 * (result.label_map > 0).mean():.1f} % of the image")
+        second = f"{result.mask_count} masks · covering {100 * (result.label_map > 0).mean():.1f} % of the photo"
     else:
-        lines.append("click on the photo to segment")
-    lines.append(encode + (f" · decode {result.decode_seconds:.3f} s" if result.decode_seconds is not None else ""))
-    return "  \n".join(lines)
+        second = "click on the photo in either pane to segment"
+    return f"{first}  \n{second}"
+
+
+def pane_downloads(side: str, session: Session):
+    """Event (after the pane is shown): the pane's downloads: the mask PNG and the object cut out as an RGBA PNG
+    (for segment-everything: the label map PNG). Files of earlier results are deleted."""
+    result = session.results.get(side)
+    if result is None or session.image is None or not session.is_current(result) or result.error:
+        session.replace_downloads(side, [])
+        return no_download(), no_download()
+    folder, stem = session.download_folder(), Path(session.image_name).stem or "photo"
+    if result.mask is not None:
+        mask = render.save_png(result.mask, folder, f"{stem}-{result.model}-mask")
+        cutout = render.save_png(render.cut_out(session.image, result.mask), folder, f"{stem}-{result.model}-cutout")
+        session.replace_downloads(side, [mask, cutout])
+        return gr.update(value=mask, interactive=True), gr.update(value=cutout, interactive=True)
+    if result.label_map is not None:
+        labels = render.save_png(result.label_map, folder, f"{stem}-{result.model}-everything")
+        session.replace_downloads(side, [labels])
+        return gr.update(value=labels, interactive=True), no_download()
+    session.replace_downloads(side, [])
+    return no_download(), no_download()
 
 
 def panes_iou(session: Session) -> float | None:
@@ -244,13 +344,20 @@ def agreement(session: Session) -> str:
     if iou is None:
         return ""
     left, right = (session.results[side] for side in SIDES)
-    return f"### Agreement: mask IoU between {left.model} and {right.model} = {iou:.3f}"
+    return f"**Agreement**: mask IoU between {left.model} and {right.model} = {iou:.3f}"
+
+
+def release(session: Session) -> None:
+    """The session ended (tab closed, or its time to live passed): free what it holds."""
+    session.release()
+    log.info("released a session's photo, embeddings and masks")
 
 
 # ------------------------------------------------------------------------------------------- the `segment` API
 
 def pane_summary(result: PaneResult) -> dict:
-    summary = {"model": result.model, "parameters": result.parameters, "error": result.error,
+    summary = {"model": result.model, "parameters": result.parameters,
+               "error": None if result.error is None else f"{result.error} {result.error_details or ''}".strip(),
                "encode_seconds": round(result.encode_seconds, 4), "encode_cached": result.encode_cached,
                "decode_seconds": None if result.decode_seconds is None else round(result.decode_seconds, 4)}
     if result.masks is not None:
@@ -259,29 +366,51 @@ def pane_summary(result: PaneResult) -> dict:
     return summary
 
 
-def segment(ctx: AppContext, path: str | None, points_json: str, box_json: str, multimask: bool,
-            session: Session, progress=None):
-    """The public `segment` endpoint: one photo and JSON prompts in; both panes' overlays and a JSON report out."""
-    load_photo(session, path)
-    height, width = session.image.shape[:2]
-    try:  # prompts are in the uploaded photo's pixels
-        prompts, notes = parse_json_prompts(points_json, box_json, session.original_size)
-    except PromptError as error:
-        fail(str(error))
-    scale = width / session.original_size[1]
+def validated_request(ctx: AppContext, path: str | None, points_json: str, box_json: str,
+                      multimask) -> tuple[Photo, Prompts, list[str]]:
+    """Everything a `segment` request gives, checked before anything is done with it: the JSON text first (a
+    malformed or oversized request fails in microseconds), then the photo, then the prompts against its size.
+    Returns the photo and the prompts in its working copy's pixels, and notes on what was adjusted."""
+    if not isinstance(multimask, bool):
+        raise PromptError(f"multimask must be true or false, got {str(multimask)[:40]!r}")
+    points, corners = parse_points(points_json), parse_box(box_json)
+    photo = read_photo(ctx, path)
+    prompts, notes = prompts_from(points, corners, photo.original_size)  # in the uploaded photo's pixels
+    height, width = photo.image.shape[:2]
+    scale = width / photo.original_size[1]
     if scale != 1:
         prompts = prompts.scaled(scale)
         notes.append(f"the photo was downscaled to {width}x{height} for the models: prompts scaled by {scale:.4f}, "
                      f"overlays and mask areas are at that size")
-    session.prompts = replace(prompts, version=session.prompts.version + 1)
-    report = {"image": {"name": session.image_name, "width": session.original_size[1],
-                        "height": session.original_size[0], "working_width": width, "working_height": height},
-              "notes": notes}
-    overlays = []
+    return photo, prompts, notes
+
+
+def segment(ctx: AppContext, path: str | None, points_json: str, box_json: str, multimask: bool,
+            session: Session, progress=None):
+    """The public `segment` endpoint: one photo and JSON prompts in; both panes' overlays (at the working size)
+    and a JSON report out, and the session (as a gr.State output, which starts its time to live).
+
+    A request that fails validation raises gr.Error and changes nothing in the session."""
+    try:
+        photo, prompts, notes = validated_request(ctx, path, points_json, box_json, multimask)
+    except (PromptError, PhotoError) as error:
+        session.problem = str(error)  # for the page's status line; nothing else changes
+        fail(str(error))
+    except Exception as error:  # a bug: logged in full, one line for the client
+        log.exception("unexpected error validating a segment request")
+        fail(unexpected(error))
+    use_photo(session, photo, prompts)
+    session.problem = ""
+    height, width = photo.image.shape[:2]
+    report = {"image": {"name": photo.name, "width": photo.original_size[1], "height": photo.original_size[0],
+                        "working_width": width, "working_height": height}, "notes": notes}
+    pictures = []
+    report_to = progress if progress is not None else no_progress
+    full_size = render.backdrop(photo.image, shown=photo.image.shape[:2])  # overlays at the working size
     for side in SIDES:
         label = session.models.get(side, ctx.defaults[side])
-        result = session.results[side] = compute_pane(ctx, label, multimask, session, progress)
-        overlays.append(None if result.error else overlay(session, result))
+        result = session.results[side] = safe_compute_pane(ctx, label, multimask, session, report_to)
+        pictures.append(None if result.error else render.pane_picture(full_size, session.prompts, mask=result.mask))
         report[side] = pane_summary(result)
     report["iou_between_panes"] = panes_iou(session)
-    return overlays[0], overlays[1], report
+    return pictures[0], pictures[1], report, session

@@ -1,4 +1,4 @@
-"""Which models the app offers, and loading each one once per process.
+"""Which models the app offers, which of them are available here, and loading each one once per process.
 
 Weights are read-only once loaded, so one copy serves every session; everything that belongs to a
 user (image, prompts, embeddings, masks) lives in that user's `gr.State` (see demo.session).
@@ -10,15 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import constants as hub_constants
 from transformers import SamModel, SamProcessor
 
-from slimsam import WeightsNotFoundError, count_parameters, load_model
-from slimsam.model.checkpoints import default_device, resolve
+from slimsam import IncompleteWeightsError, WeightsNotFoundError, count_parameters, load_model
+from slimsam.model.checkpoints import available_locally, default_device, resolve
 
 # Pane menu label -> slimsam alias (resolved to a Hub id by slimsam.model.checkpoints.ALIASES).
 STANDARD_MODELS = {"SAM-B": "sam-b", "SAM-L": "sam-l", "SAM-H": "sam-h", "SlimSAM-50": "slimsam-50",
                    "SlimSAM-77": "slimsam-77"}
 DEFAULT_LEFT, DEFAULT_RIGHT = "SAM-H", "SlimSAM-77"
+NOT_HERE = "not downloaded"  # how the menu marks a model whose weights are not on this machine
 
 try:  # Hugging Face ZeroGPU: run the decorated function on a borrowed GPU; a no-op everywhere else.
     from spaces import GPU as gpu
@@ -35,7 +37,12 @@ class LoadedModel:
 
 
 class ModelLoadError(Exception):
-    """A model that cannot be loaded; the message says which, where weights were looked for, and what to do."""
+    """A model that cannot be loaded: `summary` says so in one line, `details` where weights were looked for
+    and what to do (markdown)."""
+
+    def __init__(self, summary: str, details: str) -> None:
+        super().__init__(f"{summary} {details}")
+        self.summary, self.details = summary, details
 
 
 class ModelStore:
@@ -52,10 +59,28 @@ class ModelStore:
         # One load at a time: transformers' from_pretrained patches torch globally while it builds a
         # model, so two loads in parallel threads corrupt each other (meta tensors left behind).
         self._loading = threading.Lock()
+        # Whether each model's weights are on this machine (a folder, or the Hugging Face cache), checked
+        # once at start from the files alone: the menu and the page's notice say it before anyone waits.
+        self.available = {label: available_locally(source) for label, source in self.sources.items()}
 
     @property
     def labels(self) -> list[str]:
         return list(self.sources)
+
+    def menu(self) -> list[tuple[str, str]]:
+        """Dropdown choices (shown name, label): models whose weights are not here are marked."""
+        return [(label if self.available[label] else f"{label} ({NOT_HERE})", label) for label in self.sources]
+
+    def notice(self) -> str:
+        """One line for the top of the page: which models can be used here."""
+        here = [label for label in self.sources if self.available[label]]
+        missing = [label for label in self.sources if not self.available[label]]
+        if not missing:
+            return f"Models available here: {', '.join(here)}."
+        text = f"Models available here: {', '.join(here) or 'none'}. Not downloaded: {', '.join(missing)}"
+        if hub_constants.HF_HUB_OFFLINE:
+            return text + " (offline: a pane with one of them says what to do)."
+        return text + " (downloaded when first chosen, if this machine can reach the Hugging Face Hub)."
 
     def is_loaded(self, label: str) -> bool:
         return label in self._loaded
@@ -63,7 +88,7 @@ class ModelStore:
     def get(self, label: str) -> LoadedModel:
         """The loaded model for a menu label; raises ModelLoadError with a user-facing message."""
         if label not in self.sources:
-            raise ModelLoadError(f"unknown model {label!r}; choose one of {', '.join(self.sources)}")
+            raise ModelLoadError(f"Unknown model {label!r}.", f"Choose one of {', '.join(self.sources)}.")
         if label not in self._loaded:  # loaded models never wait for another model's load
             with self._loading:  # also makes two sessions asking at once load it once
                 if label not in self._loaded:
@@ -78,9 +103,26 @@ class ModelStore:
         try:
             model, processor = load_model(source, device=self.device)
         except (WeightsNotFoundError, FileNotFoundError) as error:
-            return ModelLoadError(f"{label} ({resolve(source)}) is not available: {error} "
-                                  f"To use a copy on disk, start the app with `--left FOLDER` or `--right FOLDER`.")
+            return load_error(label, source, error)
         return LoadedModel(model, processor, count_parameters(model)["total"])
+
+
+def load_error(label: str, source: str, error: Exception) -> ModelLoadError:
+    """The pane's one line and details for a model that could not be loaded."""
+    model_id = resolve(source)
+    if isinstance(error, IncompleteWeightsError):
+        summary = f"{label}'s checkpoint is incomplete: refused (some weights would be random)."
+        where = f"Source: `{model_id}`."
+    elif Path(model_id).expanduser().is_dir() or isinstance(error, FileNotFoundError):
+        summary = f"{label} cannot be loaded from its folder."
+        where = f"Folder: `{model_id}`."
+    else:
+        summary = f"{label} is not available here (weights not downloaded)."
+        where = (f"Hub id: `{model_id}`. Looked for in the Hugging Face cache: `{hub_constants.HF_HUB_CACHE}` "
+                 f"(HF_HUB_OFFLINE={int(bool(hub_constants.HF_HUB_OFFLINE))}). Download with `hf download {model_id}`.")
+    details = (f"{where} Or start the app with `--left FOLDER` or `--right FOLDER` (a `save_pretrained` folder). "
+               f"Loader: {str(error).splitlines()[0]}")
+    return ModelLoadError(summary, details)
 
 
 def menu_with(choice: str, sources: dict[str, str]) -> tuple[str, dict[str, str]]:

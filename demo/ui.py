@@ -1,7 +1,10 @@
-"""The Gradio page: one photo with prompts on top, two model panes below, the `segment` API in an accordion.
+"""The Gradio page: a compact bar of controls, then the two panes side by side, each showing the photo with its
+own model's mask, and clickable; the `segment` API in an accordion below.
 
-Each pane's work is its own event (one per pane and trigger), so a slow model (SAM-H encodes for
-about a minute on a small CPU) shows its progress in its own pane while the other pane carries on.
+Laid out for a 1280x800 screen: both panes, their model names and timings are in view without scrolling.
+A click on either pane adds the prompt to both. Each pane's work is its own event (one per pane and
+trigger), so a slow model (SAM-H encodes for about a minute on a small CPU) shows its progress in its own
+pane while the other pane carries on.
 """
 from __future__ import annotations
 
@@ -12,116 +15,196 @@ from pathlib import Path
 
 import gradio as gr
 
-from demo import handlers
+from demo import handlers, render
 from demo.examples import example_photos
 from demo.handlers import AppContext
 from demo.models import ModelStore
 from demo.prompts import CLICK_MODES, POSITIVE
-from demo.session import Session
+from demo.session import SIDES, Session
 
-INTRO = """# SAM vs SlimSAM
-Drop in a photo (or pick an example), click on an object, and compare the two models' masks, their
-timings and their sizes. Each model encodes a photo once; every click after that only runs the small
-mask decoder."""
 UI_ONLY = dict(api_visibility="private")  # only `segment` is a public API endpoint
+SESSION_TTL = 600  # s: an API client's session is released this long after its last request
+# Tighter than Gradio's defaults, so that the bar and both panes fit a 1280x800 screen (Gradio 6 takes it in
+# launch(css=...): demo.cli passes it).
+CSS = """
+.gradio-container { padding-top: 4px !important; padding-bottom: 4px !important; }
+#header { align-items: baseline; gap: 16px; flex-wrap: nowrap !important; }
+#title h2 { margin: 0 !important; font-size: 1.15rem; white-space: nowrap; }
+#notice, #status { font-size: 0.8rem; }
+#notice p, #status p { margin: 0 !important; }
+#status { height: 3.1em; overflow: hidden; flex: 1 1 auto !important; }  /* fixed: a message never moves the panes */
+#status p { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; line-height: 1.45 !important; }
+#header > * { min-width: 0 !important; }
+#title { flex: 0 0 auto !important; width: auto !important; }
+#bar { gap: 8px; align-items: center; flex-wrap: nowrap; }
+#upload { flex: 0 0 auto !important; }
+#examples { flex: 0 0 236px !important; width: 236px; overflow: hidden; }
+#examples .grid-wrap { overflow: hidden !important; padding: 0 !important; min-height: 0 !important; }
+#examples .grid-container { grid-template-columns: repeat(4, 55px) !important; grid-auto-rows: 46px !important;
+                            gap: 4px !important; }
+#click-mode { flex: 0 0 auto !important; width: auto !important; }
+#click-mode .wrap { gap: 4px; flex-wrap: nowrap; }
+#click-mode label { padding: 4px 8px !important; white-space: nowrap; }
+#bar button { white-space: nowrap; }
+#undo, #clear, #everything { flex: 0 0 auto !important; }
+#multimask { flex: 0 0 auto !important; width: auto !important; }
+.pane { gap: 2px !important; }
+.pane-head { align-items: center; gap: 8px; flex-wrap: nowrap; }
+.pane-head .model { flex: 0 0 190px !important; }
+.pane-text { font-size: 0.8rem; line-height: 1.35; }
+.pane-text p { margin: 0 !important; }
+.pane-picture img { cursor: crosshair; }
+.pane-foot { gap: 6px; align-items: center; }
+"""
 
 
 @dataclass
 class Pane:
     side: str
     model: gr.Dropdown
-    overlay: gr.Image
+    picture: gr.Image
     candidates: gr.Radio
     text: gr.Markdown
-    download: gr.DownloadButton
+    mask_download: gr.DownloadButton
+    cutout_download: gr.DownloadButton
 
     @property
     def outputs(self) -> list:
-        return [self.overlay, self.candidates, self.text, self.download]
+        return [self.picture, self.candidates, self.text]
+
+    @property
+    def downloads(self) -> list:
+        return [self.mask_download, self.cutout_download]
 
 
 def build_pane(side: str, store: ModelStore, model: str) -> Pane:
-    with gr.Column(elem_id=f"{side}-pane"):
-        dropdown = gr.Dropdown(store.labels, value=model, label=f"{side.title()} model", elem_id=f"{side}-model")
-        text = gr.Markdown(elem_id=f"{side}-text")  # above the image: timings and errors stay in view
-        overlay = gr.Image(label=f"{side.title()} mask", interactive=False, height=440, elem_id=f"{side}-overlay")
-        candidates = gr.Radio([], label="Candidates (multimask output)", visible=False, elem_id=f"{side}-candidates")
-        download = gr.DownloadButton("Download mask (PNG)", interactive=False, elem_id=f"{side}-download")
-    return Pane(side, dropdown, overlay, candidates, text, download)
+    with gr.Column(elem_id=f"{side}-pane", elem_classes="pane"):
+        with gr.Row(elem_classes="pane-head"):  # the model, its size and timings (or its error) above the photo
+            dropdown = gr.Dropdown(store.menu(), value=model, show_label=False, container=False,
+                                   elem_id=f"{side}-model", elem_classes="model")
+            text = gr.Markdown(elem_id=f"{side}-text", elem_classes="pane-text")
+        picture = gr.Image(show_label=False, interactive=False, height="calc(100vh - 205px)", format="jpeg",
+                           buttons=[], container=False, elem_id=f"{side}-overlay", elem_classes="pane-picture")
+        with gr.Row(elem_classes="pane-foot"):
+            candidates = gr.Radio([], show_label=False, container=False, visible=False, elem_id=f"{side}-candidates")
+            mask_download = gr.DownloadButton("Mask PNG", interactive=False, size="sm", elem_id=f"{side}-mask")
+            cutout_download = gr.DownloadButton("Cut-out PNG", interactive=False, size="sm", elem_id=f"{side}-cutout")
+    return Pane(side, dropdown, picture, candidates, text, mask_download, cutout_download)
 
 
-def build_app(store: ModelStore, left: str, right: str) -> gr.Blocks:
-    """The app for a model menu and the two panes' first models (menu labels)."""
-    work_folder = Path(tempfile.mkdtemp(prefix="slimsam-app-"))
-    ctx = AppContext(store, {"left": left, "right": right}, work_folder)
-    photos = [str(path) for path in example_photos(work_folder / "examples")]
-    with gr.Blocks(title="SAM vs SlimSAM", delete_cache=(3600, 3600)) as app:
+def build_app(store: ModelStore, left: str, right: str, session_ttl: float = SESSION_TTL) -> gr.Blocks:
+    """The app for a model menu and the two panes' first models (menu labels). session_ttl: seconds after an
+    API client's last request that its session is released."""
+    ctx = AppContext(store, {"left": left, "right": right})
+    photos = [str(path) for path in example_photos(Path(tempfile.mkdtemp(prefix="slimsam-examples-")))]
+    with gr.Blocks(title="SAM vs SlimSAM", delete_cache=(1800, 3600)) as app:
         # Gradio deep-copies this for every browser tab and API client (the embedding cache copies as empty).
-        session = gr.State(Session())
-        gr.Markdown(INTRO)
-        with gr.Row():
-            with gr.Column(scale=1):
-                upload = gr.File(label="Photo", file_types=["image"], type="filepath", height=120, elem_id="upload")
-                gallery = gr.Gallery(photos, label="Examples (click one)", columns=4, height=110,
-                                     allow_preview=False, elem_id="examples")
-                mode = gr.Radio(list(CLICK_MODES), value=POSITIVE, label="A click adds", elem_id="click-mode")
-                with gr.Row():
-                    undo_button = gr.Button("Undo", size="sm")
-                    clear_button = gr.Button("Clear", size="sm")
-                    everything_button = gr.Button("Segment everything", size="sm")
-                multimask = gr.Checkbox(True, label="Multimask output (3 candidates, best shown)")
-                status = gr.Markdown(elem_id="status")
-            with gr.Column(scale=2):
-                photo = gr.Image(label="Click on an object", interactive=False, height=480, elem_id="photo")
+        # The time to live starts when an event outputs the state: the `segment` API does (a tab's session is
+        # released when the tab closes, by the unload event below).
+        session = gr.State(Session(), time_to_live=session_ttl, delete_callback=handlers.release)
+        with gr.Row(elem_id="header"):
+            gr.Markdown("## SAM vs SlimSAM", elem_id="title")
+            # At start it also says which models are here (the menus mark the others).
+            status = gr.Markdown(f"{handlers.status_line(Session())}\n\n{store.notice()}", elem_id="status")
+        with gr.Row(elem_id="bar"):
+            upload = gr.UploadButton("Upload photo", size="sm", variant="primary", min_width=0, elem_id="upload")
+            gallery = gr.Gallery(photos, show_label=False, columns=len(photos), rows=1, height=48, object_fit="cover",
+                                 allow_preview=False, container=False, buttons=[], elem_id="examples")
+            mode = gr.Radio(list(CLICK_MODES), value=POSITIVE, show_label=False, container=False, min_width=0,
+                            elem_id="click-mode")
+            undo_button = gr.Button("Undo", size="sm", min_width=0, elem_id="undo")
+            clear_button = gr.Button("Clear", size="sm", min_width=0, elem_id="clear")
+            everything_button = gr.Button("Segment everything", size="sm", min_width=0, elem_id="everything")
+            multimask = gr.Checkbox(True, label="3 candidates", container=False, min_width=0, elem_id="multimask")
         with gr.Row(equal_height=False):
-            panes = [build_pane("left", store, left), build_pane("right", store, right)]
+            panes = [build_pane(side, store, ctx.defaults[side]) for side in SIDES]
         agreement = gr.Markdown(elem_id="agreement")
+        gr.Markdown(store.notice(), elem_id="notice")
         with gr.Accordion("Prompts as JSON (the public `segment` API)", open=False):
             points_json = gr.Textbox(label="points: [[x, y, label], ...], label 1 positive, 0 negative",
                                      placeholder="[[250, 300, 1], [40, 60, 0]]")
             box_json = gr.Textbox(label="box: [x1, y1, x2, y2], or empty", placeholder="[100, 80, 400, 500]")
             json_button = gr.Button("Segment with these prompts")
             report = gr.JSON(label="Report")
-
-        def run_pane_on(listener, pane: Pane) -> None:
-            """Recompute `pane` when `listener` fires (in its own event), then the agreement line."""
-            listener(pane_runner(ctx, pane.side), [pane.model, multimask, session], pane.outputs,
-                     concurrency_id=f"{pane.side}-pane", concurrency_limit=2, **UI_ONLY
-                     ).then(handlers.agreement, [session], agreement, **UI_ONLY)
-
-        def pick_example(state, event: gr.SelectData):
-            path = photos[event.index]
-            return path, *handlers.load_photo(state, path)
-
-        def click(state, click_mode, event: gr.SelectData):
-            x, y = event.index
-            return handlers.add_click(state, click_mode, x, y)
-
-        prompt_outputs = [photo, status]
-        prompt_events = [upload.upload(handlers.load_photo, [session, upload], prompt_outputs, **UI_ONLY),
-                         gallery.select(pick_example, [session], [upload, *prompt_outputs], **UI_ONLY),
-                         photo.select(click, [session, mode], prompt_outputs, **UI_ONLY),
-                         undo_button.click(handlers.undo, [session], prompt_outputs, **UI_ONLY),
-                         clear_button.click(handlers.clear, [session], prompt_outputs, **UI_ONLY),
-                         everything_button.click(handlers.segment_everything, [session], prompt_outputs, **UI_ONLY)]
-
-        def segment(path, points, box, multimask_flag, state, progress=gr.Progress()):
-            return handlers.segment(ctx, path, points, box, multimask_flag, state, progress)
-        api_event = json_button.click(segment, [upload, points_json, box_json, multimask, session],
-                                      [panes[0].overlay, panes[1].overlay, report], api_name="segment")
-        api_shown = api_event.success(handlers.show_prompts, [session], prompt_outputs, **UI_ONLY)
-
-        for pane in panes:
-            for event in prompt_events:
-                run_pane_on(event.success, pane)
-            run_pane_on(multimask.input, pane)
-            run_pane_on(pane.model.input, pane)
-            pane.candidates.input(partial(handlers.select_candidate, ctx, pane.side), [pane.candidates, session],
-                                  pane.outputs, **UI_ONLY).then(handlers.agreement, [session], agreement, **UI_ONLY)
-            # The overlays are the `segment` API's own outputs: the rest of each pane follows, not drawing them again.
-            api_shown.success(partial(handlers.show_pane, ctx, pane.side, draw=False), [session], pane.outputs,
-                              **UI_ONLY).then(handlers.agreement, [session], agreement, **UI_ONLY)
+            api_overlays = [gr.Image(visible=False, format="jpeg") for _ in SIDES]  # the API's outputs
+        wire_events(app, ctx, session, photos, upload, gallery, mode, multimask, status, panes, agreement,
+                    (undo_button, clear_button, everything_button), (json_button, points_json, box_json, report,
+                                                                    api_overlays))
     return app
+
+
+def wire_events(app, ctx, session, photos, upload, gallery, mode, multimask, status, panes, agreement, buttons,
+                api) -> None:
+    """Every event of the page: an action updates the session and the status line, then each pane follows in
+    its own event (with progress in that pane where there may be a wait), then its downloads and the
+    agreement line."""
+    undo_button, clear_button, everything_button = buttons
+    json_button, points_json, box_json, report, api_overlays = api
+
+    def follow(event, progress: bool) -> None:
+        """After `event`, bring both panes up to date, each in its own event."""
+        for pane in panes:
+            shown = event.then(pane_runner(ctx, pane.side), [pane.model, multimask, session], pane.outputs,
+                               concurrency_id=f"{pane.side}-pane", concurrency_limit=2,
+                               show_progress="full" if progress else "hidden", show_progress_on=[pane.picture],
+                               **UI_ONLY)
+            after_pane(shown, pane)
+
+    def after_pane(event, pane: Pane) -> None:
+        event.then(partial(handlers.pane_downloads, pane.side), [session], pane.downloads,
+                   concurrency_id=f"{pane.side}-downloads", show_progress="hidden", **UI_ONLY)
+        event.then(handlers.agreement, [session], agreement, show_progress="hidden", **UI_ONLY)
+
+    def pick_example(state, event: gr.SelectData):
+        path = photos[event.index]
+        return path, handlers.load_photo(ctx, state, path)
+
+    quick = dict(show_progress="hidden", **UI_ONLY)
+    instant = dict(quick, queue=False)  # milliseconds of work: straight to the server, not through the queue
+    follow(upload.upload(partial(handlers.load_photo, ctx), [session, upload], status, **quick), progress=True)
+    follow(gallery.select(pick_example, [session], [upload, status], **quick), progress=True)
+    def click(state, click_mode, event: gr.SelectData):
+        """A click on a pane's picture, the photo at display size, at display pixel event.index."""
+        shown = render.display_size(state.image.shape[:2]) if state.image is not None else None
+        return handlers.add_click(state, click_mode, *event.index, shown)
+
+    for pane in panes:  # a click on either pane prompts both
+        follow(pane.picture.select(click, [session, mode], status, **instant), progress=False)
+    follow(undo_button.click(handlers.undo, [session], status, **instant), progress=False)
+    follow(clear_button.click(handlers.clear, [session], status, **instant), progress=False)
+    follow(everything_button.click(handlers.segment_everything, [session], status, **instant), progress=True)
+    follow(multimask.input(handlers.status_line, [session], status, **instant), progress=False)
+    for pane in panes:
+        shown = pane.model.input(pane_runner(ctx, pane.side), [pane.model, multimask, session], pane.outputs,
+                                 concurrency_id=f"{pane.side}-pane", concurrency_limit=2,
+                                 show_progress_on=[pane.picture], **UI_ONLY)
+        after_pane(shown, pane)
+        chosen = pane.candidates.input(partial(handlers.select_candidate, pane.side), [pane.candidates, session],
+                                       pane.outputs, **quick)
+        after_pane(chosen, pane)
+
+    def segment(path, points, box, multimask_flag, state, progress=gr.Progress()):
+        return handlers.segment(ctx, path, points, box, multimask_flag, state, progress)
+    api_event = json_button.click(segment, [upload, points_json, box_json, multimask, session],
+                                  [*api_overlays, report, session], api_name="segment")
+    api_event.failure(handlers.status_line, [session], status, **quick)
+    api_shown = api_event.success(handlers.status_line, [session], status, **quick)
+    for pane in panes:  # the page shows the API's result in the panes, at display size
+        after_pane(api_shown.then(partial(handlers.show_pane, pane.side), [session], pane.outputs, **quick), pane)
+    app.unload(release_on_unload(app, session))
+
+
+def release_on_unload(app: gr.Blocks, session_state: gr.State):
+    """The unload event's function: a tab closed, so free its session's memory now. (Gradio itself keeps a
+    closed tab's state for an hour, in case it reconnects; one that does gets a fresh start: "Upload a photo
+    or pick an example first".)"""
+    def release(request: gr.Request) -> None:
+        sessions = app.state_holder
+        if request.session_hash in sessions:
+            state = sessions[request.session_hash].state_data.get(session_state._id)
+            if state is not None:
+                handlers.release(state)
+    return release
 
 
 def pane_runner(ctx: AppContext, side: str):

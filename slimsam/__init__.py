@@ -13,6 +13,7 @@ from importlib import import_module
 from slimsam.infer.predictor import SamPredictor
 from slimsam.model.checkpoints import (
     ALIASES,
+    IncompleteWeightsError,
     NotUniformError,
     WeightsNotFoundError,
     export_model,
@@ -26,9 +27,9 @@ from slimsam.model.structure import EncoderDims, LayerDims, read_dims
 _ON_FIRST_USE = {name: "slimsam.pruning.steps" for name in ("kept_count", "prune", "prune_bottlenecks",
                                                             "prune_embedding_dim")}
 
-__all__ = ["ALIASES", "EncoderDims", "LayerDims", "NotUniformError", "SamPredictor", "WeightsNotFoundError",
-           "count_parameters", "encoder_macs", "export_model", "load_model", "read_dims", "read_history",
-           "save_model", *_ON_FIRST_USE]
+__all__ = ["ALIASES", "EncoderDims", "IncompleteWeightsError", "LayerDims", "NotUniformError", "SamPredictor",
+           "WeightsNotFoundError", "count_parameters", "encoder_macs", "export_model", "load_model", "read_dims",
+           "read_history", "save_model", *_ON_FIRST_USE]
 
 
 def __getattr__(name: str):

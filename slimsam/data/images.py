@@ -36,12 +36,6 @@ EXIF_ORIENTATION = 0x0112
 QUARTER_TURNS = (5, 6, 7, 8)  # EXIF orientations that rotate by 90 or 270 degrees (width and height swap)
 
 
-def upright_size(image: Image.Image) -> tuple[int, int]:
-    """(H, W) of `image` once its EXIF orientation is applied (what `to_rgb` gives), from the header alone."""
-    width, height = image.size
-    return (width, height) if image.getexif().get(EXIF_ORIENTATION) in QUARTER_TURNS else (height, width)
-
-
 def to_rgb(image: Image.Image) -> Image.Image:
     """Upright 8-bit RGB from any PIL image: EXIF orientation applied, alpha dropped, 16-bit rescaled."""
     image = ImageOps.exif_transpose(image)
@@ -74,12 +68,23 @@ def open_rgb(path: str | Path, max_side: int | None = None) -> Image.Image:
     max_side: downscale to at most this many px on the longest side. JPEGs are then decoded at a reduced
     scale directly (PIL's draft mode), so a 12000x9000 photo never exists at full size in memory.
     """
+    return open_rgb_sized(path, max_side)[0]
+
+
+def open_rgb_sized(path: str | Path, max_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """`open_rgb`, plus the file's full (H, W) once upright, which a downscaled copy no longer tells.
+
+    The file is decoded once (a PNG keeps its EXIF after the pixels: reading the orientation first would
+    decode it twice).
+    """
     try:
         with Image.open(path) as image:
+            width, height = image.size
             if max_side is not None:
                 image.draft("RGB", (max_side, max_side))  # a no-op for formats other than JPEG
             image.load()
-            return to_rgb(shrink(image, max_side) if max_side is not None else image)
+            size = (width, height) if image.getexif().get(EXIF_ORIENTATION) in QUARTER_TURNS else (height, width)
+            return to_rgb(shrink(image, max_side) if max_side is not None else image), size
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise OSError(f"cannot read image {path}: {error}") from error
 

@@ -17,7 +17,9 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -26,7 +28,7 @@ from PIL import Image
 from transformers import SamModel, SamProcessor
 
 from slimsam.data.images import shrink, to_rgb
-from slimsam.infer.fast_decoder import DecoderContext, fast_decode, prepare_decoder
+from slimsam.infer.fast_decoder import DecoderContext, fast_decode, fast_decode_confident, prepare_decoder
 from slimsam.infer.onnx_runtime import OnnxSam, is_onnx_export, load_export
 from slimsam.model.checkpoints import default_device, load_model
 
@@ -37,6 +39,9 @@ RUNTIMES = ("pytorch", "onnxruntime")
 # dtype names -> the weights' torch dtype (PyTorch) or the export's variant (onnxruntime)
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ONNX_DTYPES = ("fp32", "int8", "fp16")
+
+# progress(fraction, stage): what a long computation reports to a UI (fraction of its work done, 0..1)
+Progress = Callable[[float, str], None]
 
 
 @dataclass(frozen=True)
@@ -126,10 +131,56 @@ def image_hash(image: np.ndarray) -> str:
 
 
 def as_rgb_image(image: Image.Image | np.ndarray) -> Image.Image:
-    """PIL image or (H, W) / (H, W, 3|4) array (uint8 or uint16) -> upright 8-bit RGB PIL image."""
+    """PIL image or array -> upright 8-bit RGB PIL image.
+
+    Arrays are read as (H, W) grayscale or (H, W, C) with C = 1, 3 or 4 channels last (uint8 or uint16),
+    whatever their size: a (1, W, 3) strip is one row of W RGB pixels, never 1 channel of 3 x W.
+    """
     if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
+            raise ValueError(f"image arrays are (H, W) or (H, W, 1|3|4) with channels last; got shape {image.shape}")
+        image = Image.fromarray(np.ascontiguousarray(image))
     return to_rgb(image)
+
+
+def model_input(working: np.ndarray, longest_edge: int) -> np.ndarray:
+    """The (H, W, 3) working copy as SamProcessor may resize it to `longest_edge` px on its longest side.
+
+    The processor rounds the short side to the nearest pixel, so an image over 2 * longest_edge times longer
+    than high would become 0 px high; such a strip is stretched just enough to keep 1 px (a no-op for
+    SAM's 1024 px input and working copies of at most 2048 px).
+    """
+    height, width = working.shape[:2]
+    least = -(-max(height, width) // (2 * longest_edge))  # the side that rounds to 1 px at the input size
+    if min(height, width) >= least:
+        return working
+    size = (max(width, least), max(height, least))  # PIL's (W, H)
+    return np.asarray(Image.fromarray(working).resize(size, Image.Resampling.BILINEAR))
+
+
+# The encoder's progress: forward hooks on the encoder's blocks (installed once per model) report to the
+# callback set in this context (thread), so concurrent encodes of one model report to their own callers.
+_encode_progress: ContextVar[Progress | None] = ContextVar("encode_progress", default=None)
+_hooks_lock = threading.Lock()
+
+
+def _block_done(done: int, total: int, *_) -> None:
+    report = _encode_progress.get()
+    if report is not None:
+        report(done / total, "encoding")
+
+
+def _watch_encoder_blocks(model: SamModel) -> None:
+    """Install the progress hooks on `model`'s image encoder blocks (once; a model without blocks reports nothing)."""
+    layers = getattr(getattr(model, "vision_encoder", None), "layers", None)
+    with _hooks_lock:
+        if layers is None or getattr(model, "_slimsam_progress_hooks", False):
+            return
+        for index, layer in enumerate(layers):
+            layer.register_forward_hook(partial(_block_done, index + 1, len(layers)))
+        model._slimsam_progress_hooks = True
 
 
 class SamPredictor:
@@ -191,9 +242,13 @@ class SamPredictor:
 
     # ----------------------------------------------------------------------------------- encoding
 
-    def set_image(self, image: Image.Image | np.ndarray, image_id: str | None = None) -> float:
+    def set_image(self, image: Image.Image | np.ndarray, image_id: str | None = None,
+                  progress: Progress | None = None) -> float:
         """Make `image` the current image, encoding it unless cached; returns encoder seconds (0.0 on a hit;
         `current.encode_seconds` keeps the time of the encode that made the embedding).
+
+        image: a PIL image, or an (H, W) / (H, W, C) array with channels last (see as_rgb_image).
+        progress: called as progress(fraction, "encoding") after each encoder block, when it encodes.
 
         image_id: `image_hash(image)` of this very array, from a caller that has it already (the app hashes
         each upload once). A cache hit then neither converts nor hashes the image (about 20 ms for a
@@ -219,18 +274,27 @@ class SamPredictor:
             if working is None:
                 working = np.asarray(shrink(as_rgb_image(image), MAX_WORKING_SIDE))
             start = time.perf_counter()  # the encoder's time only, as without image_id
-            inputs = self.processor(images=working, return_tensors="pt")
+            longest = self.processor.image_processor.size["longest_edge"]
+            # The layout, always: the processor guesses (1, W, 3) or (3, W, 3) to be channels-first.
+            inputs = self.processor(images=model_input(working, longest), return_tensors="pt",
+                                    input_data_format="channels_last")
             pixel_values = inputs["pixel_values"].to(self.device, self.dtype)
             if self.runtime == "onnxruntime":
                 embedding, context = self.model.encode(pixel_values)
             else:
-                with torch.inference_mode(), torch.autocast("cuda", torch.float16,
-                                                            enabled=self.device.type == "cuda"):
-                    # clone: a compiled encoder (CUDA graphs) reuses its output buffer on the next call
-                    embedding = self.model.get_image_embeddings(pixel_values).float().clone()
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize()
+                if progress is not None:
+                    _watch_encoder_blocks(self.model)
+                token = _encode_progress.set(progress)
+                try:
+                    with torch.inference_mode(), torch.autocast("cuda", torch.float16,
+                                                                enabled=self.device.type == "cuda"):
+                        # clone: a compiled encoder (CUDA graphs) reuses its output buffer on the next call
+                        embedding = self.model.get_image_embeddings(pixel_values).float().clone()
+                finally:
+                    _encode_progress.reset(token)
                 context = prepare_decoder(self.model, embedding)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
             seconds = time.perf_counter() - start
             return ImageEmbedding(embedding, original_size, working.shape[:2],
                                   tuple(int(v) for v in inputs["reshaped_input_sizes"][0]), context, seconds)
@@ -245,6 +309,21 @@ class SamPredictor:
 
     # ----------------------------------------------------------------------------------- decoding
 
+    def _prompt_arguments(self, points: np.ndarray | None, labels: np.ndarray | None,
+                          boxes: np.ndarray | None) -> dict[str, torch.Tensor]:
+        """SamModel's prompt arguments (model-input pixels, a batch of one image) from original-image pixels."""
+        current = self.require_image()
+        (height, width), (input_h, input_w) = current.original_size, current.input_size
+        scale = torch.tensor([input_w / width, input_h / height], dtype=torch.float32)
+        kwargs = {}
+        if points is not None:
+            kwargs["input_points"] = (torch.as_tensor(points, dtype=torch.float32) * scale)[None].to(self.device)
+            kwargs["input_labels"] = torch.as_tensor(labels, dtype=torch.long)[None].to(self.device)
+        if boxes is not None:
+            boxes = torch.as_tensor(boxes, dtype=torch.float32) * scale.repeat(2)
+            kwargs["input_boxes"] = boxes[None].to(self.device)
+        return kwargs
+
     def decode_low_res(self, points: np.ndarray | None = None, labels: np.ndarray | None = None,
                        boxes: np.ndarray | None = None,
                        multimask_output: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,14 +334,7 @@ class SamPredictor:
         input (see `masks_from_logits`) and predicted IoUs (B, K), K = 3 if multimask_output else 1.
         """
         current = self.require_image()
-        (height, width), (input_h, input_w) = current.original_size, current.input_size
-        scale = torch.tensor([input_w / width, input_h / height], dtype=torch.float32)
-        kwargs = {}
-        if points is not None:
-            kwargs["input_points"] = (torch.as_tensor(points, dtype=torch.float32) * scale)[None].to(self.device)
-            kwargs["input_labels"] = torch.as_tensor(labels, dtype=torch.long)[None].to(self.device)
-        if boxes is not None:
-            kwargs["input_boxes"] = (torch.as_tensor(boxes, dtype=torch.float32) * scale.repeat(2))[None].to(self.device)
+        kwargs = self._prompt_arguments(points, labels, boxes)
         if self.runtime == "onnxruntime":
             masks, scores = self.model.decode(current.embedding, current.decoder_context,
                                               multimask_output=multimask_output, **kwargs)
@@ -275,6 +347,24 @@ class SamPredictor:
                                     multimask_output=multimask_output, **kwargs)
             masks, scores = output.pred_masks, output.iou_scores
         return masks[0].float(), scores[0].float()
+
+    def decode_confident(self, points: np.ndarray, labels: np.ndarray,
+                         min_score: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The multimask outputs of B prompts whose predicted IoU exceeds `min_score` (segment-everything's filter).
+
+        points: (B, N, 2) xy original-image pixels; labels: (B, N). Returns low-res logits (M, 256, 256),
+        their predicted IoUs (M,) and (prompt, candidate) indices (M, 2) into decode_low_res's (B, 3) outputs:
+        the same values. The fast decoder upscales only the confident masks' prompts (most of the work).
+        """
+        current = self.require_image()
+        kwargs = self._prompt_arguments(points, labels, None)
+        if self.fast_decoder:
+            logits, scores, index = fast_decode_confident(self.model, current.decoder_context, min_score=min_score,
+                                                          **kwargs)
+            return logits.float(), scores.float(), index
+        logits, scores = self.decode_low_res(points, labels, multimask_output=True)
+        index = torch.nonzero(scores > min_score)
+        return logits[index[:, 0], index[:, 1]], scores[index[:, 0], index[:, 1]], index
 
     def masks_from_logits(self, low_res_logits: torch.Tensor) -> np.ndarray:
         """(M, 256, 256) decoder logits -> (M, H, W) bool masks at the current image's original size.

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import constants as hub_constants
+from huggingface_hub import try_to_load_from_cache
 from safetensors.torch import load_file
 from transformers import SamConfig, SamModel, SamProcessor
 from transformers.utils import IMAGE_PROCESSOR_NAME
@@ -43,6 +44,14 @@ class WeightsNotFoundError(OSError):
     """Raised when a model's weights can be found neither locally nor (offline / no network) on the Hub."""
 
 
+class IncompleteWeightsError(WeightsNotFoundError):
+    """Raised when a checkpoint's weights lack some of the model's parameters or carry unexpected ones.
+
+    transformers would load such a checkpoint with a warning and the missing parameters random; a model
+    served that way gives confident nonsense, so it is refused instead.
+    """
+
+
 class NotUniformError(ValueError):
     """Raised when a model whose layers differ in shape is exported as a plain SamModel."""
 
@@ -58,6 +67,50 @@ def _missing_weights_message(model_id: str, cause: Exception) -> str:
             f"({hub_constants.HF_HUB_CACHE}) and could not be downloaded (HF_HUB_OFFLINE={offline}). "
             f"Download them where there is network (`hf download {model_id}`), or pass a local folder "
             f"saved with `save_pretrained` instead of the id. [{type(cause).__name__}: {str(cause).splitlines()[0]}]")
+
+
+def check_complete(model: SamModel, missing: list[str], unexpected: list[str], source: str,
+                   mismatched: list = ()) -> None:
+    """Raise IncompleteWeightsError unless the loaded weights covered every parameter, in its shape, and nothing else.
+
+    missing / unexpected: state-dict keys the checkpoint lacked / had beyond the model's; mismatched: keys (or
+    (key, shapes...) tuples) whose shapes differ, which transformers re-initialises (as its loading info or
+    `load_state_dict` report them). Tied copies are not stored in a checkpoint: not missing.
+    """
+    tied = set(getattr(model, "_tied_weights_keys", None) or {})
+    missing = sorted(set(missing) - tied)
+    mismatched = sorted(item[0] if isinstance(item, tuple) else item for item in mismatched)
+    if not (missing or unexpected or mismatched):
+        return
+    parts = [f"missing {len(missing)} of the model's weights ({_listed(missing)})"] if missing else []
+    if mismatched:
+        parts.append(f"{len(mismatched)} of another shape ({_listed(mismatched)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({_listed(sorted(unexpected))})")
+    raise IncompleteWeightsError(f"{source}: the checkpoint does not match the model: {'; '.join(parts)}. "
+                                 f"Refusing to load it with some weights random; re-save or re-download the model.")
+
+
+def _listed(keys: list[str], shown: int = 5) -> str:
+    return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def available_locally(name_or_path: str) -> bool:
+    """Whether `load_model(name_or_path)` can find weights without a network: an existing folder with a config
+    and weights, or a Hub id (or alias) whose config and weights are in the Hugging Face cache. Files only:
+    nothing is loaded or downloaded."""
+    model_id = resolve(name_or_path)
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        has_weights = any(path.glob("*.safetensors")) or (path / "pytorch_model.bin").is_file()
+        return (path / "config.json").is_file() and has_weights
+    if _looks_like_path(model_id):
+        return False
+    cached = [isinstance(try_to_load_from_cache(model_id, name), str) for name in ("config.json", *WEIGHT_FILES)]
+    return cached[0] and any(cached[1:])
 
 
 def _looks_like_path(name: str) -> bool:
@@ -87,10 +140,12 @@ def load_model(name_or_path: str, device: str | torch.device = "cpu", dtype: tor
         raise FileNotFoundError(f"model folder {model_id!r} does not exist")
     else:
         try:
-            model = SamModel.from_pretrained(model_id, attn_implementation=attn_implementation)
+            model, info = SamModel.from_pretrained(model_id, attn_implementation=attn_implementation,
+                                                   output_loading_info=True, ignore_mismatched_sizes=True)
             processor = SamProcessor.from_pretrained(model_id)
         except (OSError, ValueError) as error:
             raise WeightsNotFoundError(_missing_weights_message(model_id, error)) from error
+        check_complete(model, info["missing_keys"], info["unexpected_keys"], model_id, info["mismatched_keys"])
     model.to(device=device, dtype=dtype).eval()
     if fast and attn_implementation == "sdpa":
         enable_fast_attention(model)
@@ -117,9 +172,13 @@ def _load_folder(folder: Path, attn_implementation: str) -> SamModel:
     meta_file = folder / SLIMSAM_FILE
     if not meta_file.exists():
         try:
-            return SamModel.from_pretrained(folder, attn_implementation=attn_implementation)
+            # Mismatched shapes are reported in `info` (and refused below) rather than raised without names.
+            model, info = SamModel.from_pretrained(folder, attn_implementation=attn_implementation,
+                                                   output_loading_info=True, ignore_mismatched_sizes=True)
         except OSError as error:
             raise WeightsNotFoundError(f"{folder} is not a SAM model folder: {str(error).splitlines()[0]}") from error
+        check_complete(model, info["missing_keys"], info["unexpected_keys"], str(folder), info["mismatched_keys"])
+        return model
     meta = json.loads(meta_file.read_text())
     config = SamConfig.from_pretrained(folder)
     config._attn_implementation = attn_implementation
@@ -130,11 +189,7 @@ def _load_folder(folder: Path, attn_implementation: str) -> SamModel:
     if not state:
         raise WeightsNotFoundError(f"{folder} has {SLIMSAM_FILE} but no *.safetensors weights")
     result = model.load_state_dict(state, strict=False, assign=True)
-    tied = getattr(model, "_tied_weights_keys", None) or {}
-    missing = set(result.missing_keys) - set(tied)
-    if missing or result.unexpected_keys:
-        raise ValueError(f"{folder}: weights do not match {SLIMSAM_FILE} "
-                         f"(missing {sorted(missing)[:3]}, unexpected {result.unexpected_keys[:3]})")
+    check_complete(model, result.missing_keys, result.unexpected_keys, str(folder))
     model.tie_weights()  # the tied copies are not in the file: share the loaded tensors, as from_pretrained does
     return model
 

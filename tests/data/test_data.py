@@ -6,11 +6,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from sa1b import make_sa1b_folder
 from torch.utils.data import DataLoader
 
 from slimsam.data.datasets import ImageDataset, collate_pixels, train_val_split
-from slimsam.data.images import ImageFolderError, list_images, open_rgb
+from slimsam.data.images import ImageFolderError, list_images, open_rgb, open_rgb_sized
 from slimsam.model.configs import processor_for, tiny_config
 
 
@@ -79,3 +80,14 @@ def test_make_sa1b_folder_with_supplied_masks_keeps_images_and_prompts(sa1b_dir,
         new = json.loads((tmp_path / f"sa_{n}.json").read_text())["annotations"]
         assert [a["point_coords"] for a in new] == [a["point_coords"] for a in image_annotations]
         assert [a["area"] for a in new] == [96 * 128] * len(image_annotations)
+
+
+def test_open_rgb_sized_tells_the_upright_full_size_of_a_downscaled_photo(tmp_path):
+    photo = Image.new("RGB", (3000, 1000), (10, 200, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display": upright it is 1000 wide, 3000 high
+    photo.save(tmp_path / "turned.jpg", exif=exif)
+    image, size = open_rgb_sized(tmp_path / "turned.jpg", max_side=600)
+    assert size == (3000, 1000) and image.size == (200, 600)
+    image, size = open_rgb_sized(tmp_path / "turned.jpg")
+    assert size == (3000, 1000) and image.size == (1000, 3000)

@@ -5,7 +5,13 @@ import pytest
 import torch
 from transformers import SamConfig, SamModel
 
-from slimsam.infer.fast_decoder import fast_decode, image_to_token, prepare_decoder, token_to_image
+from slimsam.infer.fast_decoder import (
+    fast_decode,
+    fast_decode_confident,
+    image_to_token,
+    prepare_decoder,
+    token_to_image,
+)
 from slimsam.model.configs import tiny_config
 
 
@@ -88,3 +94,27 @@ def test_prompt_side_attention_equals_samattention_with_and_without_cached_proje
         cached_query = i2t.q_proj(image + image_pos).unflatten(-1, (heads, -1)).transpose(1, 2)
         assert_close_relative(image_to_token(i2t, image + image_pos, tokens_pos, tokens, image), expected)
         assert_close_relative(image_to_token(i2t, image + image_pos, tokens_pos, tokens, image, cached_query), expected)
+
+
+@pytest.mark.parametrize("make_model", [lambda: randomised(SamModel(tiny_config())), full_size_decoder_model],
+                         ids=["tiny", "full-size decoder"])
+def test_confident_decode_gives_exactly_the_masks_above_the_threshold(make_model):
+    """Segment-everything's path: the IoU filter before the upscaling, and the same logits for what passes."""
+    model = make_model()
+    grid = model.config.prompt_encoder_config.image_embedding_size
+    generator = torch.Generator().manual_seed(3)
+    context = prepare_decoder(model, torch.randn(1, model.config.mask_decoder_config.hidden_size, grid, grid,
+                                                 generator=generator))
+    size = model.config.prompt_encoder_config.image_size
+    prompt = dict(input_points=torch.rand(1, 20, 1, 2, generator=generator) * size,
+                  input_labels=torch.ones(1, 20, 1, dtype=torch.long))
+    masks, scores = fast_decode(model, context, multimask_output=True, **prompt)
+    ordered = scores.flatten().sort().values
+    threshold = (ordered[29] + ordered[30]).item() / 2  # half of the 60 candidates pass
+    logits, kept_scores, index = fast_decode_confident(model, context, min_score=threshold, upscale_batch=3, **prompt)
+    expected = torch.nonzero(scores[0] > threshold)
+    assert 0 < len(expected) < 60 and torch.equal(index, expected)
+    assert_close_relative(kept_scores, scores[0][expected[:, 0], expected[:, 1]])
+    assert_close_relative(logits, masks[0][expected[:, 0], expected[:, 1]])
+    none, none_scores, none_index = fast_decode_confident(model, context, min_score=scores.max().item() + 1, **prompt)
+    assert none.shape == (0, 4 * grid, 4 * grid) and none_scores.shape == (0,) and none_index.shape == (0, 2)

@@ -248,3 +248,98 @@ def test_point_grid_and_nms():
     boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 10, 10], [50, 50, 60, 60]], dtype=torch.float32)
     kept = box_nms(boxes, torch.tensor([0.5, 0.9, 0.1]), iou_threshold=0.7)
     assert kept.tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("height, width", [(1, 1), (1, 2048), (2048, 1), (2, 3), (3, 2000)])
+def test_thin_images_are_read_channels_last(height, width):
+    """1-3 px high (or wide) arrays are H x W x 3 pixels: SamProcessor alone guesses (1, W, 3) is channels-first.
+
+    The image is dark in its first half and bright in its second (along its long side): the pixels the
+    encoder sees must be too, and masks come back at H x W.
+    """
+    predictor = make_predictor()
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    if width >= height:
+        image[:, width // 2:] = 255
+    else:
+        image[height // 2:] = 255
+    seen = []
+    predictor.model.vision_encoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    predictor.set_image(image)
+    input_h, input_w = predictor.current.input_size
+    longest = predictor.processor.image_processor.size["longest_edge"]
+    assert (input_h, input_w) == tuple(max(1, int(side * longest / max(height, width) + 0.5))
+                                       for side in (height, width))
+    pixels = seen[0][0, :, :input_h, :input_w].mean(0)  # (input_h, input_w), normalised
+    line = pixels[0] if width >= height else pixels[:, 0]
+    if max(height, width) > 1:  # from dark to bright along the long side, never back
+        assert line[0] < 0 < line[-1] and (line[1:] >= line[:-1] - 1e-6).all()
+    masks, scores = predictor.predict(points=[[width - 1, height - 1]])
+    assert masks.shape == (3, height, width) and scores.shape == (3,)
+    found = MaskGenerator(predictor, points_per_side=2, pred_iou_thresh=-1, stability_score_thresh=-1).generate()
+    assert all(record["segmentation"].shape == (height, width) for record in found)
+
+
+def test_arrays_need_channels_last():
+    predictor = make_predictor()
+    assert predictor.set_image(np.zeros((5, 7, 1), dtype=np.uint8)) > 0  # one channel: grayscale
+    assert predictor.current.original_size == (5, 7)
+    with pytest.raises(ValueError, match="channels last"):
+        predictor.set_image(np.zeros((3, 5, 7), dtype=np.uint8))
+
+
+def test_encoding_reports_its_progress_block_by_block(photo):
+    predictor = make_predictor()
+    reports = []
+    predictor.set_image(photo, progress=lambda fraction, stage: reports.append((fraction, stage)))
+    blocks = len(predictor.model.vision_encoder.layers)
+    assert reports == [((index + 1) / blocks, "encoding") for index in range(blocks)]
+    predictor.set_image(photo, progress=lambda *args: reports.append(args))  # cached: nothing to report
+    assert len(reports) == blocks
+    other = []
+    predictor.set_image(photo.rotate(90, expand=True))  # no callback here: nobody hears this encode
+    assert len(reports) == blocks and other == []
+
+
+def test_concurrent_encodes_report_to_their_own_callers(photo):
+    model = make_tiny_model()
+    first, second = (SamPredictor(model, processor_for(model.config)) for _ in range(2))
+    reports = {"a": [], "b": []}
+    threads = [threading.Thread(target=predictor.set_image, args=(image,),
+                                kwargs=dict(progress=lambda fraction, stage, name=name: reports[name].append(fraction)))
+               for name, predictor, image in (("a", first, photo), ("b", second, photo.rotate(90, expand=True)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    blocks = len(model.vision_encoder.layers)
+    assert reports["a"] == reports["b"] == [(index + 1) / blocks for index in range(blocks)]
+
+
+def test_confident_decoding_agrees_between_decoders(photo):
+    fast, stock = make_predictor(), make_predictor(fast_decoder=False)
+    for predictor in (fast, stock):
+        predictor.set_image(photo)
+    points, labels = point_grid(3, 600, 512)[:, None, :], np.ones((9, 1), dtype=np.int64)
+    ordered = fast.decode_low_res(points, labels)[1].flatten().sort().values
+    threshold = (ordered[13] + ordered[14]).item() / 2  # between two scores: rounding cannot flip one
+    (fast_logits, fast_scores, fast_index), (stock_logits, stock_scores, stock_index) = (
+        predictor.decode_confident(points, labels, threshold) for predictor in (fast, stock))
+    assert torch.equal(fast_index, stock_index) and 0 < len(fast_index) < 27
+    torch.testing.assert_close(fast_scores, stock_scores, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast_logits, stock_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_everything_reports_progress_and_bounds_its_grid(photo):
+    predictor = make_predictor()
+    predictor.set_image(photo)
+    reports = []
+    MaskGenerator(predictor, points_per_side=4, points_per_batch=5, pred_iou_thresh=-1,
+                  stability_score_thresh=-1).generate(progress=lambda *args: reports.append(args))
+    grid = [report for report in reports if report[1] == "prompting a 4x4 grid"]
+    assert [fraction for fraction, _ in grid] == [0, 5 / 16, 10 / 16, 15 / 16]
+    assert any(stage.startswith("upscaling") for _, stage in reports)
+    for bad in (dict(points_per_side=0), dict(points_per_side=65), dict(points_per_batch=0),
+                dict(points_per_side=2.5), dict(max_masks=0)):
+        with pytest.raises(ValueError, match="must be an integer"):
+            MaskGenerator(predictor, **bad)

@@ -10,6 +10,7 @@ from PIL import Image
 from transformers import SamImageProcessor, SamModel
 
 from slimsam import (
+    IncompleteWeightsError,
     NotUniformError,
     WeightsNotFoundError,
     export_model,
@@ -19,6 +20,7 @@ from slimsam import (
     read_history,
     save_model,
 )
+from slimsam.model.checkpoints import available_locally
 from slimsam.model.configs import processor_for
 
 
@@ -126,3 +128,79 @@ def test_saving_never_overwrites_silently_and_leaves_no_partial_folder(tiny_mode
     save_model(tiny_model, processor, target, overwrite=True)
     assert sorted(os.listdir(target)) == ["config.json", "model.safetensors", "processor_config.json", "slimsam.json"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp folders left behind
+
+
+def drop_and_add_weights(folder, drop: list[str], add: dict[str, torch.Tensor] | None = None) -> None:
+    from safetensors.torch import load_file, save_file
+    state = load_file(folder / "model.safetensors")
+    for name in drop:
+        state.pop(name)
+    save_file({**state, **(add or {})}, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_a_partial_plain_checkpoint_is_refused_naming_what_is_missing(tiny_model, tmp_path):
+    folder = tmp_path / "partial"
+    export_model(tiny_model, processor_for(tiny_model.config), folder)
+    drop_and_add_weights(folder, ["mask_decoder.iou_token.weight", "vision_encoder.neck.conv1.weight"])
+    with pytest.raises(IncompleteWeightsError, match="missing 2 of the model's weights") as info:
+        load_model(str(folder))
+    assert "mask_decoder.iou_token.weight" in str(info.value) and "vision_encoder.neck.conv1.weight" in str(info.value)
+    drop_and_add_weights(folder, [], {"mask_decoder.iou_token.weight": torch.zeros(1, 256),  # the model has (1, 32)
+                                      "vision_encoder.neck.conv1.weight": tiny_model.vision_encoder.neck.conv1.weight,
+                                      "stray.weight": torch.zeros(3)})
+    with pytest.raises(IncompleteWeightsError, match=r"1 of another shape \(mask_decoder.iou_token.weight\); "
+                                                     r"1 unexpected \(stray.weight\)"):
+        load_model(str(folder))
+
+
+def test_a_partial_pruned_checkpoint_is_refused(tiny_model, tmp_path):
+    save_model(tiny_model, processor_for(tiny_model.config), tmp_path / "pruned")
+    drop_and_add_weights(tmp_path / "pruned", ["prompt_encoder.no_mask_embed.weight"])
+    with pytest.raises(IncompleteWeightsError, match="prompt_encoder.no_mask_embed.weight"):
+        load_model(str(tmp_path / "pruned"))
+
+
+def hub_cache_with(model_dir, cache, repo_id: str) -> None:
+    """`model_dir`'s files laid out as the Hugging Face cache holds a downloaded `repo_id`."""
+    import shutil
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(model_dir, repo / "snapshots" / commit)
+
+
+def test_hub_loading_refuses_a_partial_checkpoint_too(tiny_model, tmp_path):
+    """Loading by Hub id from the cache, offline, in a fresh process (the cache folder is read at import)."""
+    import subprocess
+    import sys
+    import textwrap
+    complete, partial = tmp_path / "complete", tmp_path / "partial"
+    for folder in (complete, partial):
+        export_model(tiny_model, processor_for(tiny_model.config), folder)
+    drop_and_add_weights(partial, ["mask_decoder.iou_token.weight"])
+    hub_cache_with(complete, tmp_path / "hub", "someone/complete-sam")
+    hub_cache_with(partial, tmp_path / "hub", "someone/partial-sam")
+    script = textwrap.dedent("""
+        from slimsam import IncompleteWeightsError, load_model
+        from slimsam.model.checkpoints import available_locally
+        print(available_locally("someone/complete-sam"), available_locally("someone/elsewhere-sam"))
+        load_model("someone/complete-sam")
+        try:
+            load_model("someone/partial-sam")
+        except IncompleteWeightsError as error:
+            print(error)
+    """)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    lines = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    assert lines[0] == "True False"
+    assert lines[1].startswith("someone/partial-sam: the checkpoint does not match the model: missing 1")
+    assert "mask_decoder.iou_token.weight" in lines[1]
+
+
+def test_available_locally_checks_files_only(tiny_model_dir, tmp_path):
+    assert available_locally(str(tiny_model_dir))
+    (tmp_path / "empty").mkdir()
+    assert not available_locally(str(tmp_path / "empty"))
+    assert not available_locally(str(tmp_path / "no" / "such" / "folder"))
