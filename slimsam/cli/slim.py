@@ -14,6 +14,7 @@ from slimsam.cli.prune import add_pruning_recipe_args
 from slimsam.distill.distributed import init_distributed, is_main
 from slimsam.distill.slim import EMBEDDING_ALIGNING, FINAL, SlimSettings, slim
 from slimsam.distill.train import SettingsError
+from slimsam.pruning.importance import CRITERIA
 
 
 def add_parser(subparsers) -> None:
@@ -23,6 +24,10 @@ def add_parser(subparsers) -> None:
                         help="fraction of channels removed in each pruning step, e.g. 0.5 or 0.77")
     parser.add_argument("--grad-size", type=positive_int, default=1000,
                         help="images in each disturbed-Taylor gradient pass (default 1000)")
+    parser.add_argument("--importance", choices=CRITERIA, default="disturbed-taylor",
+                        help="how both pruning steps score channels: disturbed-taylor (SlimSAM, no labels; default), "
+                             "taylor (SAM's mask loss against labels: --train must be annotated, SA-1B or mask "
+                             "folders), magnitude or random (no gradient pass); for ablations")
     add_pruning_recipe_args(parser)
     add_training_args(parser)
     defaults = SlimSettings(model="", ratio=0.5, train="", val=None, epochs=1)
@@ -46,7 +51,8 @@ def run(args) -> None:
                             val_size=args.val_size, grad_size=args.grad_size, seed=args.seed, lr=args.lr,
                             batch_size=args.batch_size, micro_batch=args.micro_batch,
                             val_annotations=str(Path(args.val_annotations).resolve()) if args.val_annotations else None,
-                            embedding_selection=args.embedding_selection, score_tensors=args.score_tensors,
+                            importance=args.importance, embedding_selection=args.embedding_selection,
+                            score_tensors=args.score_tensors,
                             alpha_epochs=tuple(args.alpha_epochs), lr_patience=tuple(args.lr_patience),
                             step2_features=args.step2_features, precision=args.precision)
     device = init_distributed(args.device)

@@ -6,6 +6,7 @@ so rerunning the same command after an interruption goes on where it stopped):
     1_embedding_pruned/     disturbed-Taylor gradients on the teacher, then embedding-dim pruning
     2_bottleneck_aligning/  step-1 distillation run (checkpoint, metrics, curves); its model/ is the step-1 model
     3_bottleneck_pruned/    disturbed-Taylor gradients on the step-1 model, then bottleneck pruning
+                            (both prunings score with `SlimSettings.importance`, disturbed Taylor by default)
     4_embedding_aligning/   step-2 distillation run; its model/ is the slim model
     final/                  the slim model as a plain Hugging Face SamModel folder
     slim.json               the settings, recipe options included (a rerun with other settings is refused),
@@ -25,13 +26,16 @@ from pathlib import Path
 import torch
 from transformers import SamModel
 
+from slimsam.data.annotations import AnnotatedDataset, iter_annotated
 from slimsam.data.files import remove_stale_temporaries, write_json_atomically
+from slimsam.data.formats import open_annotations
 from slimsam.data.images import iter_pixel_values
 from slimsam.distill.distributed import barrier, broadcast_from_main, is_main
 from slimsam.distill.losses import ALPHA_EPOCHS
 from slimsam.distill.train import LR_PATIENCE, SettingsError, TrainConfig, distill, train_and_val_paths
 from slimsam.distill.validation import TeacherEmbeddings, validation_annotations
 from slimsam.model.checkpoints import export_model, load_model, read_history, resolve, save_model
+from slimsam.pruning.importance import CRITERIA
 from slimsam.pruning.steps import prune
 
 log = logging.getLogger(__name__)
@@ -65,6 +69,8 @@ class SlimSettings:
     batch_size: int = TrainConfig.batch_size
     micro_batch: int = TrainConfig.micro_batch
     val_annotations: str | None = None  # a COCO file annotating the validation images (mIoU validation)
+    importance: str = "disturbed-taylor"  # both pruning steps (slimsam.pruning.importance.CRITERIA); "taylor"
+    # (labels: SAM's mask loss) needs the training images annotated, in a format detected from their folder
     embedding_selection: str = "head-blocks"  # step 1 (slimsam.pruning.steps.EMBEDDING_SELECTIONS)
     score_tensors: str = "weights"  # both pruning steps (slimsam.pruning.importance.SCORE_TENSORS)
     alpha_epochs: tuple[int, int] = (ALPHA_EPOCHS[1], ALPHA_EPOCHS[2])  # N of the weight `a`, stage 1 and 2
@@ -124,18 +130,30 @@ def _start_or_check_here(out: Path, settings: SlimSettings) -> dict:
     return record
 
 
+def _scoring_inputs(settings: SlimSettings, grad_paths: list[Path], processor, skipped: list[Path]) -> dict:
+    """What `prune` needs for `settings.importance`: the gradient images for disturbed Taylor, annotated samples
+    and the processor for labelled Taylor, nothing for magnitude and random."""
+    if settings.importance == "disturbed-taylor":
+        return {"pixel_values": iter_pixel_values(grad_paths, processor, skipped=skipped)}
+    if settings.importance == "taylor":
+        dataset = AnnotatedDataset(open_annotations(settings.train), processor, grad_paths)
+        return {"samples": iter_annotated(dataset, skipped), "processor": processor}
+    return {}
+
+
 def _prune_phase(source: Path | str, target: str, settings: SlimSettings, grad_paths: list[Path], folder: Path,
                  device: torch.device) -> None:
-    """Load `source`, prune its `target` with disturbed-Taylor importance, save it to `folder` (rank 0 only)."""
+    """Load `source`, prune its `target` scored by `settings.importance`, save it to `folder` (rank 0 only)."""
     if not folder.exists() and is_main():
         model, processor = load_model(str(source), device=device)
         skipped: list[Path] = []
-        record = prune(model, target, settings.ratio, "local", "disturbed-taylor",
-                       iter_pixel_values(grad_paths, processor, skipped=skipped), num_images=len(grad_paths),
+        record = prune(model, target, settings.ratio, "local", settings.importance, num_images=len(grad_paths),
                        seed=settings.seed, embedding_selection=settings.embedding_selection,
-                       score_tensors=settings.score_tensors)
+                       score_tensors=settings.score_tensors,
+                       **_scoring_inputs(settings, grad_paths, processor, skipped))
         record["source"] = resolve(str(source))
-        log.info("%s pruning: %d gradient images, %d unreadable skipped", target, record["images"], len(skipped))
+        log.info("%s pruning (%s): %d gradient images, %d unreadable skipped", target, settings.importance,
+                 record["images"], len(skipped))
         save_model(model.cpu(), processor, folder, read_history(resolve(str(source))) + [record])
     barrier()
 
@@ -153,8 +171,12 @@ def slim(settings: SlimSettings, out: str | Path, device: torch.device, num_work
     """Run (or resume) the whole method into `out`; returns the slim.json record (with the MSE figures)."""
     out = Path(out)
     # Bad data folders, annotations or model names fail here, before slim.json pins the settings.
+    if settings.importance not in CRITERIA:
+        raise ValueError(f"importance must be one of {CRITERIA}, got {settings.importance!r}")
     train_paths, val_paths = train_and_val_paths(settings.train, settings.val, settings.val_size, settings.seed)
     validation_annotations(val_paths, settings.val_annotations)
+    if settings.importance == "taylor":
+        open_annotations(settings.train)  # labelled Taylor needs annotated training images: DatasetError if none
     teacher, processor = load_model(settings.model, device=device)
     record = _start_or_check(out, settings)
     if is_main():

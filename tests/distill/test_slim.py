@@ -130,3 +130,25 @@ def test_bad_data_settings_fail_before_anything_is_written(inputs, tmp_path, cap
     assert main(base + ["--train", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not out.exists()  # a corrected rerun is not refused as "other settings"
+
+
+@pytest.mark.parametrize("importance", ["taylor", "magnitude"])
+def test_slim_scores_both_prunings_with_the_chosen_importance(inputs, tmp_path, importance):
+    """--importance reaches both pruning steps (the ablations compare criteria through `slim` itself)."""
+    out = tmp_path / "out"
+    assert main(slim_command(inputs, out)[1:] + ["--epochs", "1", "--importance", importance]) == 0
+    assert json.loads((out / SETTINGS_FILE).read_text())["settings"]["importance"] == importance
+    history = read_history(out / EMBEDDING_ALIGNING / "model")
+    prunings = [(r["target"], r["importance"], r["images"]) for r in history if r["step"] == "prune"]
+    used = 8 if importance == "taylor" else 0  # --grad-size 8 annotated images; magnitude needs none
+    assert prunings == [("embedding", importance, used), ("bottleneck", importance, used)]
+
+
+def test_labelled_taylor_needs_annotated_training_images(inputs, tmp_path, photo_dir, capsys):
+    teacher, _, val = inputs
+    out = tmp_path / "out"
+    assert main(["slim", str(teacher), "--ratio", "0.5", "--train", str(photo_dir), "--val", str(val), "--epochs", "1",
+                 "--importance", "taylor", "--out", str(out)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("slimsam: error:")]
+    assert len(errors) == 1 and "no annotations" in errors[0]
+    assert not out.exists()
