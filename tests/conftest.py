@@ -40,6 +40,16 @@ def real_photos() -> list[Image.Image]:
     return [hopper, hopper.crop((100, 50, 500, 350))]
 
 
+def require_or_fail_in_ci(available: bool, message: str) -> None:
+    """For tests that need something outside Python (a browser, Node packages): skip here without it, but fail
+    under CI, where .ci/run installs it (a skipped test must not count as passing there)."""
+    if available:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"this test must run in CI: {message}")
+    pytest.skip(message)
+
+
 @pytest.fixture
 def tiny_model() -> SamModel:
     return make_tiny_model()
@@ -48,6 +58,17 @@ def tiny_model() -> SamModel:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("tiny_sam"))
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_export(tmp_path_factory, tiny_model_dir):
+    """`slimsam export` of tiny_model_dir to ONNX, fp32 and int8: the folder transformers.js reads."""
+    from slimsam.cli.main import main  # the CLI loads every subcommand: only for the tests that need it
+
+    folder = tmp_path_factory.mktemp("tiny_onnx") / "export"
+    assert main(["export", str(tiny_model_dir), "--format", "onnx", "--out", str(folder),
+                 "--quantize", "none", "int8"]) == 0
+    return folder
 
 
 @pytest.fixture(scope="session")
