@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "slimsam"
 LAYERS = {"data": 0, "model": 0, "infer": 1, "evaluate": 2, "pruning": 3, "distill": 4, "bench": 5, "teach": 5,
-          "cli": 6}
+          "deploy": 5, "cli": 6}
 HEAVY = ("torch_pruning", "pycocotools", "matplotlib")
 MAX_FUNCTION_LINES = 80
 
