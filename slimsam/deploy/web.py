@@ -55,7 +55,8 @@ def export_variants(export_dir: Path) -> list[dict]:
     for dtype, suffix, label in VARIANTS:
         files = [export_dir / "onnx" / f"{graph}{suffix}.onnx" for graph in GRAPHS]
         if all(file.is_file() for file in files):
-            variants.append(dict(dtype=dtype, label=label, megabytes=round(sum(f.stat().st_size for f in files) / 1e6, 1)))
+            variants.append({"dtype": dtype, "label": label,
+                             "megabytes": round(sum(file.stat().st_size for file in files) / 1e6, 1)})
     return variants
 
 
@@ -95,17 +96,17 @@ def site_routes(export_dir: str | Path, node_modules: Path | None = None) -> tup
     for index, path in enumerate(sample_photo_paths()):
         url = f"/examples/{index}{path.suffix.lower()}"
         routes[url] = path
-        examples.append(dict(url=url, name=path.stem.replace("_", " ")))
+        examples.append({"url": url, "name": path.stem.replace("_", " ")})
     config = json.loads((export_dir / "config.json").read_text())
-    site = dict(name=export_dir.name, image_size=config.get("vision_config", {}).get("image_size", 1024),
-                variants=variants, examples=examples)
+    site = {"name": export_dir.name, "image_size": config.get("vision_config", {}).get("image_size", 1024),
+            "variants": variants, "examples": examples}
     return routes, site
 
 
 class PageHandler(BaseHTTPRequestHandler):
     """GET and HEAD of the listed files; anything else is 404 (unlisted path) or 501 (other methods)."""
 
-    server: "PageServer"
+    server: PageServer
 
     def _send_headers(self, status: int, content_type: str, length: int) -> None:
         self.send_response(status)
@@ -134,13 +135,13 @@ class PageHandler(BaseHTTPRequestHandler):
             with open(file, "rb") as handle:
                 shutil.copyfileobj(handle, self.wfile)
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's names)
+    def do_GET(self) -> None:  # http.server's names
         self._answer(with_body=True)
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._answer(with_body=False)
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002
+    def log_message(self, format: str, *args) -> None:
         LOG.debug("%s %s", self.address_string(), format % args)
 
 

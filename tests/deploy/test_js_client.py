@@ -111,9 +111,9 @@ def assert_same(js: dict, result: dict, logits: torch.Tensor, scores: torch.Tens
 
 
 def predictor_prompt(prompt: dict) -> dict:
-    return dict(points=np.array([prompt["points"]]) if "points" in prompt else None,
-                labels=np.array([prompt["labels"]]) if "points" in prompt else None,
-                boxes=np.array([prompt["box"]]) if "box" in prompt else None)
+    return {"points": np.array([prompt["points"]]) if "points" in prompt else None,
+            "labels": np.array([prompt["labels"]]) if "points" in prompt else None,
+            "boxes": np.array([prompt["box"]]) if "box" in prompt else None}
 
 
 def torch_on_js_inputs(model, processor, js: dict) -> list[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
