@@ -218,6 +218,13 @@ def test_page_segments_in_the_browser_with_nothing_from_outside(page_server, chr
 
     # the clicks and the download were the browser's own work: not one request to the server
     assert len(page_server.requests) == served_before_clicks
+
+    corrupt = tmp_path / "corrupt.jpg"  # a bad upload: a message, and the photo and mask stay
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    chromium.find_element(By.ID, "upload").send_keys(str(corrupt))
+    wait.until(lambda _: page_failed())
+    assert text("status") == "cannot read corrupt.jpg: not an image this browser can open"
+    assert text("area").endswith("% of the photo")
     urls = requested_urls(chromium)
     assert f"{page_server.url}models/export/onnx/vision_encoder.onnx" in urls
     assert f"{page_server.url}ort/ort-wasm-simd-threaded.asyncify.wasm" in urls

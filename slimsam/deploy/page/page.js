@@ -53,13 +53,18 @@ function showError(what, error) {
 
 // ------------------------------------------------------------------------------------------- model
 
-async function loadModel(dtype) {
+// Load (or switch to) the export's `dtype` variant, then encode the photo with it (the first example at start).
+function loadModel(dtype) {
+    return serial(() => loadModelNow(dtype)).then(() => (state.photo ? encode()
+        : choosePhoto(state.site.examples[0].url, state.site.examples[0].name)));
+}
+
+async function loadModelNow(dtype) {
     const variant = state.site.variants.find((v) => v.dtype === dtype);
     setStatus(`loading the model (${variant.label}, ${variant.megabytes} MB)…`);
-    const previous = state.model;
+    if (state.photo) state.photo.embeddings = null;  // made by the other variant
+    await state.model?.dispose();
     state.model = null;
-    if (state.photo) state.photo.embeddings = null;
-    await previous?.dispose();
     const progress = (event) => {
         if (event.status === 'progress' && event.file.endsWith('.onnx')) {
             const file = event.file.split('/').pop();
@@ -71,8 +76,6 @@ async function loadModel(dtype) {
     const threads = env.backends.onnx.wasm.numThreads;
     $('model-info').textContent = `${state.site.name} · ${state.site.image_size} px input · ${variant.label}, ` +
         `${variant.megabytes} MB · WebAssembly, ${threads} thread${threads === 1 ? '' : 's'}`;
-    if (state.photo) await encode();
-    else await choosePhoto(state.site.examples[0].url, state.site.examples[0].name);
 }
 
 // ------------------------------------------------------------------------------------------- photo
