@@ -198,7 +198,8 @@ function describePrompt() {
 // A model call's time on the page, and in data-* attributes for tests and benchmarks (data-count: how many so far).
 function showTime(id, ms, extraMs, extraWhat) {
     const element = $(id);
-    element.textContent = `${Math.round(ms)} ms (+ ${Math.round(extraMs)} ms ${extraWhat})`;
+    const readable = (t) => (t < 10_000 ? `${Math.round(t)} ms` : `${(t / 1000).toFixed(1)} s`);
+    element.textContent = `${readable(ms)} (+ ${readable(extraMs)} ${extraWhat})`;
     element.dataset.ms = ms.toFixed(1);
     element.dataset.extraMs = extraMs.toFixed(1);
     element.dataset.count = Number(element.dataset.count ?? 0) + 1;
