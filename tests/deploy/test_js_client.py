@@ -52,7 +52,7 @@ PROMPTS = [{"points": [[270, 200]], "labels": [1]},
            {"points": [[270, 200]], "labels": [1], "box": [130, 40, 420, 590]}]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: checked before the session's exports are made
 def node():
     """The node binary and transformers.js (`npm ci` in clients/js): CI must have both."""
     node = shutil.which("node")

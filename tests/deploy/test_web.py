@@ -120,9 +120,13 @@ def test_a_port_in_use_is_a_one_line_error(fake_export, fake_node_modules, capsy
 
 # ------------------------------------------------------------------------------------------- in Chromium
 
-@pytest.fixture
-def page_server(tiny_onnx_export):
+@pytest.fixture(scope="session")  # session: checked before the session's exports are made
+def transformers_js():
     require_or_fail_in_ci(web.NODE_MODULES.is_dir(), "needs transformers.js: run `npm ci` in clients/js")
+
+
+@pytest.fixture
+def page_server(transformers_js, tiny_onnx_export):
     server = web.make_server(tiny_onnx_export, port=0)
     stop = serving(server)
     yield server
