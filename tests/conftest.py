@@ -40,6 +40,16 @@ def real_photos() -> list[Image.Image]:
     return [hopper, hopper.crop((100, 50, 500, 350))]
 
 
+def require_or_fail_in_ci(available: bool, message: str) -> None:
+    """For tests that need something outside Python (a browser, Node packages): skip here without it, but fail
+    under CI, where .ci/run installs it (a skipped test must not count as passing there)."""
+    if available:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"this test must run in CI: {message}")
+    pytest.skip(message)
+
+
 @pytest.fixture
 def tiny_model() -> SamModel:
     return make_tiny_model()

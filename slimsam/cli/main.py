@@ -8,7 +8,7 @@ import argparse
 import logging
 import sys
 
-from slimsam.cli import bench, distill, export, info, prune, slim
+from slimsam.cli import bench, distill, export, info, prune, slim, web
 from slimsam.cli import eval as eval_command
 from slimsam.cli.errors import CliError
 from slimsam.data.annotations import DatasetError
@@ -17,7 +17,7 @@ from slimsam.deploy.onnx_export import ExportError
 from slimsam.infer.onnx_runtime import NotAnExportError
 from slimsam.model.checkpoints import NotUniformError, WeightsNotFoundError
 
-SUBCOMMANDS = (prune, export, info, eval_command, distill, slim, bench)
+SUBCOMMANDS = (prune, export, info, eval_command, distill, slim, bench, web)
 
 
 USER_ERRORS = (CliError, WeightsNotFoundError, FileNotFoundError, FileExistsError, ImageFolderError, DatasetError,
