@@ -5,7 +5,7 @@ import argparse
 import logging
 import os
 
-from demo.models import DEFAULT_LEFT, DEFAULT_RIGHT, STANDARD_MODELS, ModelStore, menu_with
+from demo.models import DEFAULT_LEFT, DEFAULT_RIGHT, STANDARD_MODELS, ModelStore, default_pane, menu_with
 from demo.ui import CSS, SESSION_TTL, build_app
 from slimsam.infer.heap import keep_freed_memory_in_heap
 
@@ -13,11 +13,13 @@ from slimsam.infer.heap import keep_freed_memory_in_heap
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ.get
     parser = argparse.ArgumentParser(prog="python app.py", description="Compare SAM and SlimSAM side by side.")
-    parser.add_argument("--left", default=env("SLIMSAM_LEFT", DEFAULT_LEFT),
-                        help="left pane's model: a menu name (SAM-B, SAM-L, SAM-H, SlimSAM-50, SlimSAM-77), a Hub id "
-                             "or a local model folder (env SLIMSAM_LEFT; default %(default)s)")
-    parser.add_argument("--right", default=env("SLIMSAM_RIGHT", DEFAULT_RIGHT),
-                        help="right pane's model, as --left (env SLIMSAM_RIGHT; default %(default)s)")
+    parser.add_argument("--left", default=env("SLIMSAM_LEFT"),
+                        help="left pane's model: a menu name (SAM-B, SAM-L, SAM-H, SlimSAM-50, SlimSAM-77, toy-sam), "
+                             f"a Hub id or a local model folder (env SLIMSAM_LEFT; default {DEFAULT_LEFT}, or the "
+                             "toy SAM when its weights are not here)")
+    parser.add_argument("--right", default=env("SLIMSAM_RIGHT"),
+                        help=f"right pane's model, as --left (env SLIMSAM_RIGHT; default {DEFAULT_RIGHT}, or the "
+                             "toy SAM)")
     parser.add_argument("--host", default=env("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="address to serve on; 0.0.0.0 for all interfaces (env GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", "7860")),
@@ -38,8 +40,11 @@ def main(argv: list[str] | None = None) -> None:
     # Clicks allocate MB-sized tensors and segment-everything's batches ~270 MB ones: reuse them instead of
     # faulting pages in afresh (the handlers give the heap back after segment-everything and huge photos).
     keep_freed_memory_in_heap(large_blocks=True)
-    left, menu = menu_with(args.left, STANDARD_MODELS)
-    right, menu = menu_with(args.right, menu)
-    app = build_app(ModelStore(menu), left, right, args.session_ttl)
+    left, menu = menu_with(args.left or DEFAULT_LEFT, STANDARD_MODELS)
+    right, menu = menu_with(args.right or DEFAULT_RIGHT, menu)
+    store = ModelStore(menu)
+    left = left if args.left else default_pane(left, store)  # offline, a first visitor still sees real masks
+    right = right if args.right else default_pane(right, store)
+    app = build_app(store, left, right, args.session_ttl)
     app.queue(default_concurrency_limit=2).launch(server_name=args.host, server_port=args.port, share=args.share,
                                                   css=CSS)

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from demo import render
-from demo.models import ModelLoadError, ModelStore, gpu
+from demo.models import TOY_LABEL, TOY_NOTE, ModelLoadError, ModelStore, gpu
 from demo.prompts import BOX, POSITIVE, PromptError, Prompts, parse_box, parse_points, prompts_from
 from demo.session import SIDES, PaneResult, Session
 from slimsam.data.images import open_rgb_sized
@@ -296,6 +296,8 @@ def pane_text(result: PaneResult) -> str:
     encode = f"encode {result.encode_seconds:.2f} s" + (" (cached)" if result.encode_cached else "")
     decode = f" · decode {result.decode_seconds:.3f} s" if result.decode_seconds is not None else ""
     first = f"{result.parameters / 1e6:.1f} M parameters · {encode}{decode}"
+    if result.model == TOY_LABEL:
+        first += f" · {TOY_NOTE}"
     if result.mask is not None:
         area = int(result.mask.sum())
         second = (f"mask {result.selected + 1} of {len(result.masks)} · predicted IoU "

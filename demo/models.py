@@ -17,9 +17,17 @@ from slimsam import IncompleteWeightsError, WeightsNotFoundError, count_paramete
 from slimsam.model.checkpoints import available_locally, default_device, resolve
 
 # Pane menu label -> slimsam alias (resolved to a Hub id by slimsam.model.checkpoints.ALIASES).
+# The toy SAM ships with the package (trained here on synthetic shapes): the one entry that is always here.
+TOY_LABEL = "Toy SAM (synthetic shapes)"
+TOY_NOTE = "a toy model trained on synthetic shapes, not SAM: expect coarse masks"
 STANDARD_MODELS = {"SAM-B": "sam-b", "SAM-L": "sam-l", "SAM-H": "sam-h", "SlimSAM-50": "slimsam-50",
-                   "SlimSAM-77": "slimsam-77"}
+                   "SlimSAM-77": "slimsam-77", TOY_LABEL: "toy-sam"}
 DEFAULT_LEFT, DEFAULT_RIGHT = "SAM-H", "SlimSAM-77"
+
+
+def default_pane(label: str, store: "ModelStore") -> str:
+    """A pane's default model, or the toy SAM when that model's weights are not on this machine (offline)."""
+    return label if store.available.get(label) else TOY_LABEL
 NOT_HERE = "not downloaded"  # how the menu marks a model whose weights are not on this machine
 
 try:  # Hugging Face ZeroGPU: run the decorated function on a borrowed GPU; a no-op everywhere else.
