@@ -209,7 +209,7 @@ def compute_pane(ctx: AppContext, model_label: str, multimask: bool, session: Se
         report(done, desc=f"{model_label}: {stage} the photo…")
     seconds = predictor.set_image(image, image_id, progress=encoding)  # image_id: no re-hashing on every click
     # On a cache hit (0.0 s) the embedding still knows how long its first encode took: that is what is shown.
-    result = replace(result, parameters=loaded.parameters, encode_cached=not seconds,
+    result = replace(result, parameters=loaded.parameters, runtime=loaded.runtime, encode_cached=not seconds,
                      encode_seconds=predictor.current.encode_seconds)
     if prompts.is_empty:
         return result
@@ -295,7 +295,8 @@ def pane_text(result: PaneResult) -> str:
         return f"⚠️ {result.error}\n{details}"
     encode = f"encode {result.encode_seconds:.2f} s" + (" (cached)" if result.encode_cached else "")
     decode = f" · decode {result.decode_seconds:.3f} s" if result.decode_seconds is not None else ""
-    first = f"{result.parameters / 1e6:.1f} M parameters · {encode}{decode}"
+    size = f"{result.parameters / 1e6:.1f} M parameters · " if result.parameters is not None else ""
+    first = f"{size}{result.runtime} · {encode}{decode}"
     if result.model == TOY_LABEL:
         first += f" · {TOY_NOTE}"
     if result.mask is not None:
@@ -358,7 +359,7 @@ def release(session: Session) -> None:
 # ------------------------------------------------------------------------------------------- the `segment` API
 
 def pane_summary(result: PaneResult) -> dict:
-    summary = {"model": result.model, "parameters": result.parameters,
+    summary = {"model": result.model, "parameters": result.parameters, "runtime": result.runtime,
                "error": None if result.error is None else f"{result.error} {result.error_details or ''}".strip(),
                "encode_seconds": round(result.encode_seconds, 4), "encode_cached": result.encode_cached,
                "decode_seconds": None if result.decode_seconds is None else round(result.decode_seconds, 4)}

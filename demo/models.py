@@ -14,6 +14,7 @@ from huggingface_hub import constants as hub_constants
 from transformers import SamModel, SamProcessor
 
 from slimsam import IncompleteWeightsError, WeightsNotFoundError, count_parameters, load_model
+from slimsam.infer.onnx_runtime import NotAnExportError, OnnxSam, is_onnx_export, load_export
 from slimsam.model.checkpoints import available_locally, default_device, resolve
 
 # Pane menu label -> slimsam alias (resolved to a Hub id by slimsam.model.checkpoints.ALIASES).
@@ -39,9 +40,10 @@ except ImportError:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    model: SamModel
+    model: SamModel | OnnxSam
     processor: SamProcessor
-    parameters: int  # of the whole SamModel
+    parameters: int | None  # of the whole SamModel; None for an ONNX export (its graphs hold them)
+    runtime: str = "PyTorch"  # what the pane says runs it: "PyTorch", or "onnxruntime <variant>"
 
 
 class ModelLoadError(Exception):
@@ -109,8 +111,11 @@ class ModelStore:
     def _load(self, label: str) -> LoadedModel | ModelLoadError:
         source = self.sources[label]
         try:
+            if is_onnx_export(source):  # an export folder (`slimsam export --format onnx`) runs on onnxruntime
+                model, processor = load_export(source)
+                return LoadedModel(model, processor, None, f"onnxruntime {model.variant}")
             model, processor = load_model(source, device=self.device)
-        except (WeightsNotFoundError, FileNotFoundError) as error:
+        except (WeightsNotFoundError, FileNotFoundError, NotAnExportError) as error:
             return load_error(label, source, error)
         return LoadedModel(model, processor, count_parameters(model)["total"])
 

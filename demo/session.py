@@ -31,7 +31,8 @@ class PaneResult:
     image_id: str
     prompts_version: int
     multimask: bool = True
-    parameters: int = 0
+    parameters: int | None = 0  # None: an ONNX export's (not counted)
+    runtime: str = "PyTorch"
     encode_seconds: float = 0.0  # this model's encode time for this image (measured the first time)
     encode_cached: bool = False  # the embedding came from the cache this time
     decode_seconds: float | None = None  # None: nothing to decode yet (no prompts)

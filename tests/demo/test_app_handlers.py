@@ -563,15 +563,15 @@ def test_models_requested_at_once_by_both_panes_load_correctly(tmp_path):
     assert not any(p.is_meta for model in loaded.values() for p in model.model.parameters())
 
 
-def test_menu_offers_the_five_models_and_local_folders(tmp_path):
-    hub_aliases = {alias for alias, target in ALIASES.items() if not Path(target).is_absolute()}  # not toy-sam
-    assert set(STANDARD_MODELS.values()) == hub_aliases and len(hub_aliases) == 5
+def test_menu_offers_every_alias_and_local_folders(tmp_path):
+    hub_aliases = {alias for alias, target in ALIASES.items() if not Path(target).is_absolute()}
+    assert set(STANDARD_MODELS.values()) == set(ALIASES) and len(hub_aliases) == 5  # and the packaged toy-sam
     assert menu_with("sam-h", STANDARD_MODELS) == ("SAM-H", STANDARD_MODELS)
     assert menu_with("Zigeng/SlimSAM-uniform-77", STANDARD_MODELS)[0] == "SlimSAM-77"
     folder = tmp_path / "my_slimsam"
     folder.mkdir()
     label, menu = menu_with(str(folder), STANDARD_MODELS)
-    assert label == "my_slimsam (local)" and menu[label] == str(folder) and len(menu) == 6
+    assert label == "my_slimsam (local)" and menu[label] == str(folder) and len(menu) == len(STANDARD_MODELS) + 1
 
 
 def test_an_absurdly_large_photo_is_refused_as_too_large(ctx, tmp_path, monkeypatch):
