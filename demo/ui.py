@@ -38,10 +38,10 @@ CSS = """
 #title { flex: 0 0 auto !important; width: auto !important; }
 #bar { gap: 8px; align-items: center; flex-wrap: nowrap; }
 #upload { flex: 0 0 auto !important; }
-#examples { flex: 0 0 236px !important; width: 236px; overflow: hidden; }
+#examples { flex: 0 0 270px !important; width: 270px; overflow: hidden; }
 #examples .grid-wrap { overflow: hidden !important; padding: 0 !important; min-height: 0 !important; }
-#examples .grid-container { grid-template-columns: repeat(4, 55px) !important; grid-auto-rows: 46px !important;
-                            gap: 4px !important; }
+#examples .grid-container { grid-template-columns: repeat(7, 36px) !important; grid-auto-rows: 46px !important;
+                            gap: 3px !important; }  /* all 7 examples in one row: 4 photos, 3 toy shapes */
 #click-mode { flex: 0 0 auto !important; width: auto !important; }
 #click-mode .wrap { gap: 4px; flex-wrap: nowrap; }
 #click-mode label { padding: 4px 8px !important; white-space: nowrap; }
