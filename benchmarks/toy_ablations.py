@@ -214,6 +214,7 @@ def run_one_step(job: Job) -> dict[str, float]:
 def run_job(job: Job, default_folder: str | None = None) -> dict:
     """One run in a worker process (logs to its folder); returns and writes its result.json."""
     out = Path(job.folder)
+    resumed = out.exists()  # an earlier attempt was interrupted: this one's times cover only the rest
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(job.threads)
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -235,7 +236,7 @@ def run_job(job: Job, default_folder: str | None = None) -> dict:
     result = {"condition": job.condition, "ratio": job.ratio, "seed": job.seed, "budget": job.budget,
               "point": final["point"], "box": final["box"], "before_distillation": before,
               "seconds": round(time.perf_counter() - started, 1),
-              "cpu_seconds": round(time.process_time() - cpu_started, 1)}  # all of the worker's threads
+              "cpu_seconds": round(time.process_time() - cpu_started, 1), "resumed": resumed}
     write_json_atomically(out / RESULT_FILE, result)
     return result
 
@@ -349,6 +350,17 @@ def tables(results: list[dict], ratios: list[float], teacher: dict[str, float]) 
     return "\n".join(lines) + "\n"
 
 
+def cpu_minutes(results: list[dict]) -> tuple[float, int]:
+    """Core-minutes the runs take uninterrupted, and how many were resumed: a resumed run's CPU time covers only
+    its last attempt, so it counts as the mean of the uninterrupted runs of its condition and ratio."""
+    def whole(run: dict) -> list[float]:
+        return [r["cpu_seconds"] for r in results if (r["condition"], r["ratio"]) == (run["condition"], run["ratio"])
+                and not r["resumed"]]
+
+    seconds = [statistics.mean(whole(r) or [r["cpu_seconds"]]) if r["resumed"] else r["cpu_seconds"] for r in results]
+    return sum(seconds) / 60, sum(r["resumed"] for r in results)
+
+
 # ---- main ----------------------------------------------------------------------------------------------
 
 def parse_args() -> argparse.Namespace:
@@ -405,16 +417,18 @@ def main() -> None:
     results = finished_runs(out, jobs[0].budget)
     ratios = sorted({r["ratio"] for r in results})
     text = tables(results, ratios, teacher)
+    minutes, resumed = cpu_minutes(results)
     write_json_atomically(out / "results.json", {"budget": {**jobs[0].budget, "val_count": args.val_count,
                                                             "train_count": args.train_count,
                                                             "test_count": args.test_count},
                                                  "teacher": teacher, "runs": results,
-                                                 "comparisons": comparisons(results, ratios)})
+                                                 "comparisons": comparisons(results, ratios),
+                                                 "core_minutes": round(minutes, 1)})
     (out / "table.md").write_text(text)
     print(text)
-    cpu = sum(r["cpu_seconds"] for r in results)
-    print(f"this call's wall time {time.perf_counter() - started:.0f} s; the CPU time of all {len(results)} runs in "
-          f"the table {cpu / 60:.1f} core-minutes")
+    print(f"this call's wall time {time.perf_counter() - started:.0f} s; the {len(results)} runs in the table take "
+          f"{minutes:.1f} core-minutes ({resumed} resumed after an interruption, counted at the mean of their "
+          f"condition's uninterrupted runs)")
 
 
 if __name__ == "__main__":
