@@ -199,7 +199,7 @@ def compute_pane(ctx: AppContext, model_label: str, multimask: bool, session: Se
     image, image_id, prompts = session.image, session.image_id, session.prompts  # others may replace them meanwhile
     result = PaneResult(model_label, image_id, prompts.version, multimask)
     if not ctx.store.is_loaded(model_label):
-        report(0.0, desc=f"{model_label}: loading the model…")
+        report(0.0, desc=f"{model_label}: {ctx.store.loading_stage(model_label)}…")
     try:
         loaded = ctx.store.get(model_label)
     except ModelLoadError as error:
