@@ -32,7 +32,7 @@ from slimsam.infer.heap import release_free_memory
 from slimsam.infer.predictor import MAX_WORKING_SIDE, SamPredictor, image_hash
 
 log = logging.getLogger("demo")
-# 256 prompts, 64 per decoder pass (~1 GB of temporary tensors for SAM); at most 64 masks shown.
+# 256 prompts, 64 per decoder pass (a ~1.4 GB peak of temporary tensors for SAM); at most 64 masks shown.
 EVERYTHING_OPTIONS = dict(points_per_side=16, points_per_batch=64, max_masks=64)
 # Photos with more pixels than this (decoded at full size: PNG, TIFF, ...; JPEGs decode reduced) are decoded
 # one at a time, and their memory goes back to the system right after: a 13000 x 13000 PNG takes ~0.7 GB.
@@ -199,7 +199,7 @@ def compute_pane(ctx: AppContext, model_label: str, multimask: bool, session: Se
     image, image_id, prompts = session.image, session.image_id, session.prompts  # others may replace them meanwhile
     result = PaneResult(model_label, image_id, prompts.version, multimask)
     if not ctx.store.is_loaded(model_label):
-        report(0.0, desc=f"{model_label}: loading the model…")
+        report(0.0, desc=f"{model_label}: {ctx.store.loading_stage(model_label)}…")
     try:
         loaded = ctx.store.get(model_label)
     except ModelLoadError as error:
@@ -217,7 +217,7 @@ def compute_pane(ctx: AppContext, model_label: str, multimask: bool, session: Se
     if prompts.everything:
         found = MaskGenerator(predictor, **EVERYTHING_OPTIONS).generate(
             progress=lambda done, stage: report(done, desc=f"{model_label}: {stage}…"))
-        release_free_memory()  # its batches' ~1 GB of tensors (demo.cli serves them from the heap)
+        release_free_memory()  # its batches' ~1.4 GB of tensors (demo.cli serves them from the heap)
         masks = [mask["segmentation"] for mask in found]
         label_map = render.label_map(masks) if masks else np.zeros(image.shape[:2], dtype=np.uint8)
         return replace(result, decode_seconds=time.perf_counter() - start, label_map=label_map,

@@ -50,7 +50,6 @@ from slimsam.model.random_weights import random_model
 from slimsam.model.stats import count_parameters, encoder_macs
 
 DTYPES = TORCH_DTYPES  # PyTorch weights
-ALL_DTYPES = (*DTYPES, *(dtype for dtype in ONNX_DTYPES if dtype not in DTYPES))  # fp32, bf16, fp16, int8
 ATTENTIONS = ("fast", "stock")
 AGREEMENT_CLICKS = 8  # single-point prompts every row answers, to compare its masks with its model's fp32 row
 

@@ -10,7 +10,6 @@ import sys
 import torch
 
 from slimsam.bench.speed import (
-    ALL_DTYPES,
     ATTENTIONS,
     BenchSettings,
     NothingToMeasure,
@@ -23,7 +22,7 @@ from slimsam.cli.args import add_device, non_negative_int, positive_int
 from slimsam.cli.errors import CliError
 from slimsam.infer.heap import keep_freed_memory_in_heap
 from slimsam.infer.onnx_runtime import is_onnx_export
-from slimsam.infer.predictor import RUNTIMES
+from slimsam.infer.predictor import ALL_DTYPES, RUNTIMES
 from slimsam.model.random_weights import RANDOM_CONFIGS
 
 

@@ -39,6 +39,7 @@ RUNTIMES = ("pytorch", "onnxruntime")
 # dtype names -> the weights' torch dtype (PyTorch) or the export's variant (onnxruntime)
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ONNX_DTYPES = ("fp32", "int8", "fp16")
+ALL_DTYPES = (*TORCH_DTYPES, *(dtype for dtype in ONNX_DTYPES if dtype not in TORCH_DTYPES))  # and int8
 
 # progress(fraction, stage): what a long computation reports to a UI (fraction of its work done, 0..1)
 Progress = Callable[[float, str], None]
