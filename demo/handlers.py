@@ -263,6 +263,36 @@ def run_pane(ctx: AppContext, side: str, model_label: str, multimask: bool, sess
     return show_pane(side, session)
 
 
+def panes_if_only_decoding(ctx: AppContext, models: list[str], multimask: bool, session: Session) -> list:
+    """Both panes' outputs (picture, candidates, text; left then right), brought up to date here and now where
+    that is only a decode, tens of milliseconds: the pane's model is loaded (or failed to load) and the
+    session's cache holds its embedding of the photo. Other panes (an encode, a model to load,
+    segment-everything: seconds) are gr.skip(): their own queued event follows, with progress.
+
+    An instant action (a click, undo, clear) returns this with its status line, so that both masks arrive in the
+    action's answer instead of two queued events later (BENCHMARKS.md, "The comparison app").
+    """
+    outputs = []
+    for side, label in zip(SIDES, models):
+        if session.image is not None and not session.prompts.everything and only_decoding(ctx, label, session):
+            outputs += run_pane(ctx, side, label, multimask, session)
+        else:
+            outputs += [gr.skip()] * 3
+    return outputs
+
+
+def only_decoding(ctx: AppContext, label: str, session: Session) -> bool:
+    """Whether bringing a pane with model `label` up to date needs no model load and no encode."""
+    if not ctx.store.is_loaded(label):
+        return False
+    try:
+        loaded = ctx.store.get(label)
+    except ModelLoadError:  # the pane shows its one-line error at once
+        return True
+    return SamPredictor(loaded.model, loaded.processor, cache=session.cache).is_encoded(session.image,
+                                                                                       session.image_id)
+
+
 def select_candidate(side: str, index: int | None, session: Session):
     """Event: show another of the pane's multimask candidates."""
     result = session.results.get(side)

@@ -136,8 +136,8 @@ def build_app(store: ModelStore, left: str, right: str, session_ttl: float = SES
 def wire_events(app, ctx, session, photos, upload, gallery, mode, multimask, status, panes, agreement, buttons,
                 api) -> None:
     """Every event of the page: an action updates the session and the status line, then each pane follows in
-    its own event (with progress in that pane where there may be a wait), then its downloads and the
-    agreement line."""
+    its own event (with progress in that pane where there may be a wait; an instant action has brought the
+    pane up to date already where that was only a decode), then its downloads and the agreement line."""
     undo_button, clear_button, everything_button = buttons
     json_button, points_json, box_json, report, api_overlays = api
 
@@ -163,17 +163,29 @@ def wire_events(app, ctx, session, photos, upload, gallery, mode, multimask, sta
     instant = dict(quick, queue=False)  # milliseconds of work: straight to the server, not through the queue
     follow(upload.upload(partial(handlers.load_photo, ctx), [session, upload], status, **quick), progress=True)
     follow(gallery.select(pick_example, [session], [upload, status], **quick), progress=True)
-    def click(state, click_mode, event: gr.SelectData):
+    # Instant actions answer with the status line and both panes where they only need a decode (one round trip
+    # instead of three: handlers.panes_if_only_decoding); the panes' queued events follow for the rest.
+    with_panes = [session, *(pane.model for pane in panes), multimask]
+    instant_outputs = [status, *(output for pane in panes for output in pane.outputs)]
+
+    def click(state, left_model, right_model, multimask_flag, click_mode, event: gr.SelectData):
         """A click on a pane's picture, the photo at display size, at display pixel event.index."""
         shown = render.display_size(state.image.shape[:2]) if state.image is not None else None
-        return handlers.add_click(state, click_mode, *event.index, shown)
+        line = handlers.add_click(state, click_mode, *event.index, shown)
+        return line, *handlers.panes_if_only_decoding(ctx, [left_model, right_model], multimask_flag, state)
+
+    def instantly(action):
+        def run(state, left_model, right_model, multimask_flag):
+            line = action(state)
+            return line, *handlers.panes_if_only_decoding(ctx, [left_model, right_model], multimask_flag, state)
+        return run
 
     for pane in panes:  # a click on either pane prompts both
-        follow(pane.picture.select(click, [session, mode], status, **instant), progress=False)
-    follow(undo_button.click(handlers.undo, [session], status, **instant), progress=False)
-    follow(clear_button.click(handlers.clear, [session], status, **instant), progress=False)
+        follow(pane.picture.select(click, [*with_panes, mode], instant_outputs, **instant), progress=False)
+    for button, action in ((undo_button, handlers.undo), (clear_button, handlers.clear)):
+        follow(button.click(instantly(action), with_panes, instant_outputs, **instant), progress=False)
+    follow(multimask.input(instantly(handlers.status_line), with_panes, instant_outputs, **instant), progress=False)
     follow(everything_button.click(handlers.segment_everything, [session], status, **instant), progress=True)
-    follow(multimask.input(handlers.status_line, [session], status, **instant), progress=False)
     for pane in panes:
         shown = pane.model.input(pane_runner(ctx, pane.side), [pane.model, multimask, session], pane.outputs,
                                  concurrency_id=f"{pane.side}-pane", concurrency_limit=2,

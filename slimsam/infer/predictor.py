@@ -77,6 +77,10 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        with self._lock:
+            return key in self._entries
+
     def __deepcopy__(self, memo) -> "EmbeddingCache":
         return EmbeddingCache(self.capacity)
 
@@ -267,7 +271,7 @@ class SamPredictor:
             original_size, working = tuple(image.shape[:2]), None
         else:
             raise TypeError(f"image_id is for numpy arrays (image_hash hashes one), got {type(image).__name__}")
-        key = (model_key(self.model), f"{image_id}@{original_size}")
+        key = self._cache_key(image_id, original_size)
         seconds = 0.0
 
         def encode() -> ImageEmbedding:
@@ -302,6 +306,14 @@ class SamPredictor:
 
         self.current, _ = self.cache.get_or_compute(key, encode)
         return seconds
+
+    def _cache_key(self, image_id: str, original_size: tuple[int, int]) -> tuple[str, str]:
+        return model_key(self.model), f"{image_id}@{original_size}"
+
+    def is_encoded(self, image: np.ndarray, image_id: str) -> bool:
+        """Whether set_image(image, image_id) would find its embedding in the cache, and so not encode
+        (image: an (H, W, ...) array, image_id its image_hash, as set_image takes them)."""
+        return self._cache_key(image_id, tuple(image.shape[:2])) in self.cache
 
     def require_image(self) -> ImageEmbedding:
         if self.current is None:

@@ -154,6 +154,30 @@ def test_a_pane_that_already_answers_the_prompts_is_left_as_it_is(ctx, photo_pat
     assert picture is not gr.skip() and len(session.results["left"].masks) == 1
 
 
+def test_an_instant_action_decodes_the_panes_that_only_need_a_decode_and_leaves_the_rest(ctx, photo_path):
+    """A click's own answer carries both masks when that is a decode (one round trip in the page); an encode,
+    a model still to load or segment-everything is left to the pane's queued event, which has progress."""
+    session = loaded_session(ctx, photo_path)
+    handlers.add_click(session, POSITIVE, 250, 300)
+    assert handlers.panes_if_only_decoding(ctx, ["A", "B"], True, session) == [gr.skip()] * 6
+    assert len(session.cache) == 0 and not session.results  # nothing encoded: the queued events do that
+    handlers.run_pane(ctx, "left", "A", True, session)  # what the photo's queued event does: encode
+    handlers.add_click(session, POSITIVE, 100, 120)
+    left_picture, left_candidates, left_text, *right = handlers.panes_if_only_decoding(ctx, ["A", "B"], True,
+                                                                                      session)
+    assert right == [gr.skip()] * 3 and len(session.cache) == 1  # B was not encoded here
+    result = session.results["left"]
+    assert session.is_current(result) and result.masks.shape == (3, 600, 512) and result.encode_cached
+    assert left_picture.shape == (*render.display_size((600, 512)), 3) and "decode" in left_text
+    # the queued event that follows finds the pane up to date
+    assert handlers.run_pane(ctx, "left", "A", True, session) == (gr.skip(), gr.skip(), gr.skip())
+    handlers.run_pane(ctx, "right", "Missing", True, session)  # a model that failed to load: its error at once
+    *_, missing_text = handlers.panes_if_only_decoding(ctx, ["A", "Missing"], False, session)
+    assert "⚠️" in missing_text and len(session.results["left"].masks) == 1  # multimask off: decoded again
+    handlers.segment_everything(session)
+    assert handlers.panes_if_only_decoding(ctx, ["A", "B"], True, session) == [gr.skip()] * 6  # seconds of work
+
+
 def test_box_and_negative_clicks(ctx, photo_path):
     session = loaded_session(ctx, photo_path)
     handlers.add_click(session, POSITIVE, 250, 300)
