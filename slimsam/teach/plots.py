@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from matplotlib.patches import ConnectionPatch, FancyArrowPatch, Rectangle
 
+from slimsam.evaluate.masks import mask_iou
 from slimsam.evaluate.report import show_mask
 from slimsam.model.structure import EncoderDims
 
@@ -32,16 +33,24 @@ def _human(n: float) -> str:
 
 # --- masks ---------------------------------------------------------------------------------------------
 
-def mask_grid(image, results: Mapping[str, tuple], points=None, labels=None, box=None, suptitle=None):
+def mask_grid(image, results: Mapping[str, tuple], points=None, labels=None, box=None, suptitle=None, truth=None):
     """One panel per model: its best mask (highest predicted IoU) for the same prompt.
 
-    results: name -> (masks (K, H, W) bool, scores (K,)).
+    results: name -> (masks (K, H, W) bool, scores (K,)). truth: the (H, W) bool mask the prompt asks for, when
+    known: drawn first, and each panel gives its mask's IoU with it.
     """
-    fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3.6), squeeze=False)
-    for ax, (name, (masks, scores)) in zip(axes[0], results.items()):
+    panels = len(results) + (truth is not None)
+    fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.6), squeeze=False)
+    axes = list(axes[0])
+    if truth is not None:
+        show_mask(axes.pop(0), image, truth, points, labels, box, title="ground truth", color=(0.1, 0.7, 0.3))
+    for ax, (name, (masks, scores)) in zip(axes, results.items()):
         best = int(np.argmax(_numpy(scores)))
-        show_mask(ax, image, _numpy(masks)[best], points, labels, box,
-                  title=f"{name}\npredicted IoU {float(_numpy(scores)[best]):.2f}")
+        mask = _numpy(masks)[best]
+        scored = f"predicted IoU {float(_numpy(scores)[best]):.2f}"
+        if truth is not None:
+            scored += f", true IoU {float(mask_iou(mask.astype(bool), np.asarray(truth, dtype=bool))):.2f}"
+        show_mask(ax, image, mask, points, labels, box, title=f"{name}\n{scored}")
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
