@@ -355,10 +355,10 @@ def cpu_minutes(results: list[dict]) -> tuple[float, int]:
     its last attempt, so it counts as the mean of the uninterrupted runs of its condition and ratio."""
     def whole(run: dict) -> list[float]:
         return [r["cpu_seconds"] for r in results if (r["condition"], r["ratio"]) == (run["condition"], run["ratio"])
-                and not r["resumed"]]
+                and not r.get("resumed")]
 
-    seconds = [statistics.mean(whole(r) or [r["cpu_seconds"]]) if r["resumed"] else r["cpu_seconds"] for r in results]
-    return sum(seconds) / 60, sum(r["resumed"] for r in results)
+    seconds = [statistics.mean(whole(r) or [r["cpu_seconds"]]) if r.get("resumed") else r["cpu_seconds"] for r in results]
+    return sum(seconds) / 60, sum(bool(r.get("resumed")) for r in results)
 
 
 # ---- main ----------------------------------------------------------------------------------------------
