@@ -1,4 +1,4 @@
-"""The one builder of random-weight SAMs: tests, benchmarks and the tutorials' stand-ins all use it.
+"""The one builder of random-weight SAMs: tests and benchmarks all use it.
 
 Random weights are enough wherever values do not matter (speed, shapes, exactness of rewrites), and no
 Hub weights are needed. The initialisation is chosen so that every part of the computation is exercised:

@@ -1,3 +1,3 @@
-"""Teaching helpers for the notebooks: fast/full mode, photos, stand-in models (`tutorial`), and figures (`plots`).
+"""Teaching helpers for the notebooks: fast/full mode, photos, fast mode's toy models (`tutorial`), figures (`plots`).
 
 Kept out of the core import: `plots` loads matplotlib."""
