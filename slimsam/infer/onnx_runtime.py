@@ -150,7 +150,7 @@ class OnnxSam:
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only: fp16 graphs warn that MatMuls cannot be constant-folded
         # onnxruntime's memory pattern plans a second, whole-run block on the second run and keeps both: SlimSAM-77's
-        # encoder then holds 5.4 GiB instead of 2.8, and runs no faster (BENCHMARKS.md)
+        # encoder then holds 5.75 GiB instead of 3.2, and runs ~5% faster after (BENCHMARKS.md, "memory pattern")
         options.enable_mem_pattern = False
         if threads:
             options.intra_op_num_threads = threads
