@@ -35,7 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(ONNX export folders on onnxruntime, weights on PyTorch; env SLIMSAM_RUNTIME)")
     parser.add_argument("--dtype", choices=ALL_DTYPES, default=env("SLIMSAM_DTYPE") or None,
                         help="numbers the models compute in: PyTorch fp32, bf16 or fp16 weights; onnxruntime fp32, "
-                             "int8 or fp16 graphs. Default fp32, the fastest on the CPUs measured (env SLIMSAM_DTYPE)")
+                             "int8 or fp16 graphs. Default fp32: exact, and the fastest exact path measured "
+                             "(env SLIMSAM_DTYPE)")
     parser.add_argument("--share", action="store_true", default=env("GRADIO_SHARE", "") in ("1", "true", "True"),
                         help="also serve on a temporary public gradio.live link (env GRADIO_SHARE=1)")
     args = parser.parse_args(argv)

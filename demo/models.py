@@ -72,7 +72,7 @@ class ModelStore:
     onnxruntime, weights on PyTorch). On onnxruntime, a model given as weights is exported to ONNX on first
     use, into a temporary folder that goes once onnxruntime holds the graphs. dtype: PyTorch's weights
     ("fp32", "bf16", "fp16") or the export's variant ("fp32", "int8", "fp16"); None for fp32 (or, for an
-    export without fp32 graphs, the variant it has). PyTorch fp32 is the default because it is the fastest
+    export without fp32 graphs, the variant it has). PyTorch fp32 is the default: exact, and the fastest exact path
     on the CPUs measured (BENCHMARKS.md, "Runtimes and dtypes"); the others are there to choose.
     """
 
