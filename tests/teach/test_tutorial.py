@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import real_photos
 
 from slimsam.data import synthetic
 from slimsam.data.formats import open_annotations
-from slimsam.model.random_weights import random_model
 from slimsam.model.configs import tiny_config
+from slimsam.model.random_weights import random_model
 from slimsam.model.structure import read_dims
 from slimsam.teach import tutorial
-from conftest import real_photos
 
 
 def test_fast_mode_trains_on_toy_photos_the_toy_never_saw_and_holds_out_test_photos(tmp_path):
